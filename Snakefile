@@ -1,0 +1,24 @@
+# irflow: train and evaluate neural rerankers and embedders, every number reproducible.
+# This file only sets configuration, the report and the rule families; see rules/.
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+
+configfile: "config.yaml"
+
+
+report: "reports/workflow.rst"
+
+
+include: "rules/common.smk"
+include: "rules/data.smk"
+include: "rules/first_stage.smk"
+include: "rules/rerank.smk"
+include: "rules/evaluate.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        all_targets(),

@@ -1,0 +1,180 @@
+# Configuration validation, names, resources and input functions shared by every rule family.
+from snakemake.exceptions import WorkflowError
+from snakemake.utils import validate
+
+validate(config, schema="../schemas/config.schema.yaml", set_default=True)
+
+NAME_RE = "[A-Za-z0-9][A-Za-z0-9_.-]*"
+RESULTS = "results"
+
+
+def _nothing():
+    # A regex that matches no name: a rule family with no configured members never matches.
+    return "(?!x)x"
+
+
+def names_of_kind(section, kind):
+    names = [
+        n for n, spec in config.get(section, {}).items() if spec.get("kind") == kind
+    ]
+    return "|".join(sorted(names)) or _nothing()
+
+
+def _known(section):
+    return ", ".join(sorted(config.get(section, {}))) or "(none configured)"
+
+
+def check_reference(where, section, name):
+    if name not in config.get(section, {}):
+        raise WorkflowError(
+            f"config: {where} refers to {section[:-1]} {name!r}, which is not defined under "
+            f"'{section}:' (known: {_known(section)})"
+        )
+
+
+def check_references():
+    for name, spec in config["retrievers"].items():
+        if spec["kind"] == "dense":
+            check_reference(f"retrievers.{name}.model", "models", spec["model"])
+    for name, spec in config.get("rerankers", {}).items():
+        check_reference(f"rerankers.{name}.model", "models", spec["model"])
+    for i, baseline in enumerate(config["baselines"]):
+        check_reference(f"baselines[{i}].dataset", "datasets", baseline["dataset"])
+        check_reference(
+            f"baselines[{i}].retriever", "retrievers", baseline["retriever"]
+        )
+        for reranker in baseline.get("rerankers", []):
+            check_reference(f"baselines[{i}].rerankers", "rerankers", reranker)
+        retriever = config["retrievers"][baseline["retriever"]]
+        dataset = config["datasets"][baseline["dataset"]]
+        if retriever["kind"] == "given" and not (
+            dataset.get("candidates") or dataset.get("ir_datasets")
+        ):
+            raise WorkflowError(
+                f"config: baselines[{i}] uses the given candidates of dataset "
+                f"{baseline['dataset']!r}, but that dataset sets no 'candidates:' file"
+            )
+
+
+check_references()
+
+
+wildcard_constraints:
+    dataset=NAME_RE,
+    corpus=NAME_RE,
+    model=NAME_RE,
+    retriever=NAME_RE,
+    reranker=NAME_RE,
+
+
+# ---------------------------------------------------------------------------------------------
+# Datasets and corpora
+# ---------------------------------------------------------------------------------------------
+def corpus_of(dataset):
+    return config["datasets"][dataset].get("corpus", dataset)
+
+
+def corpus_source(corpus):
+    """The dataset entry a corpus is read from; datasets sharing a corpus must agree on it."""
+    members = sorted(n for n in config["datasets"] if corpus_of(n) == corpus)
+    if not members:
+        raise WorkflowError(
+            f"config: no dataset has corpus {corpus!r} (known datasets: {_known('datasets')})"
+        )
+    folders = {config["datasets"][m].get("beir_folder") for m in members}
+    if len(folders) > 1:
+        raise WorkflowError(
+            f"config: datasets {members} share corpus {corpus!r} but read it from different "
+            f"sources ({sorted(map(str, folders))}); give them different 'corpus:' names"
+        )
+    return {"name": members[0], **config["datasets"][members[0]]}
+
+
+def dataset_entry(dataset):
+    return {"name": dataset, **config["datasets"][dataset]}
+
+
+def corpus_parquet(wildcards):
+    return f"{RESULTS}/data/corpora/{corpus_of(wildcards.dataset)}/corpus.parquet"
+
+
+def queries_parquet(wildcards):
+    return f"{RESULTS}/data/datasets/{wildcards.dataset}/queries.parquet"
+
+
+def qrels_file(wildcards):
+    return f"{RESULTS}/data/datasets/{wildcards.dataset}/qrels.trec"
+
+
+def model_entry(name):
+    return {"name": name, **config["models"][name]}
+
+
+# ---------------------------------------------------------------------------------------------
+# Resources: per rule from config, memory and runtime growing with the attempt number
+# ---------------------------------------------------------------------------------------------
+DEFAULT_RESOURCES = {"mem_mb": 2000, "runtime": 30, "cpus": 1, "gpus": 0}
+
+
+def resource_spec(rule_name):
+    spec = dict(DEFAULT_RESOURCES)
+    spec.update(config.get("resources", {}).get("default", {}))
+    spec.update(config.get("resources", {}).get(rule_name, {}))
+    return spec
+
+
+def threads_for(rule_name):
+    return resource_spec(rule_name)["cpus"]
+
+
+def resources_for(rule_name):
+    spec = resource_spec(rule_name)
+    resources = {
+        "mem_mb": lambda wildcards, attempt: spec["mem_mb"] * attempt,
+        "runtime": lambda wildcards, attempt: spec["runtime"] * attempt,
+    }
+    if spec.get("gpus"):
+        resources["gpu"] = spec["gpus"]
+    if spec.get("slurm_partition"):
+        resources["slurm_partition"] = spec["slurm_partition"]
+    if spec.get("slurm_extra"):
+        resources["slurm_extra"] = spec["slurm_extra"]
+    return resources
+
+
+def log_path(rule_name, pattern):
+    return f"{RESULTS}/logs/{rule_name}/{pattern}.log"
+
+
+def benchmark_path(rule_name, pattern):
+    return f"{RESULTS}/benchmarks/{rule_name}/{pattern}.tsv"
+
+
+# ---------------------------------------------------------------------------------------------
+# Targets
+# ---------------------------------------------------------------------------------------------
+def baseline_runs():
+    """(dataset, run) pairs of every configured baseline; run is the path below the dataset."""
+    pairs = []
+    for baseline in config["baselines"]:
+        first = f"first-stage/{baseline['retriever']}"
+        pairs.append((baseline["dataset"], first))
+        for reranker in baseline.get("rerankers", []):
+            pairs.append(
+                (baseline["dataset"], f"rerank/{baseline['retriever']}/{reranker}")
+            )
+    # Order kept, duplicates dropped: the table lists each run once.
+    return list(dict.fromkeys(pairs))
+
+
+def baseline_metric_files():
+    return [f"{RESULTS}/metrics/{d}/{run}/mean.tsv" for d, run in baseline_runs()]
+
+
+def all_targets():
+    return [f"{RESULTS}/tables/baselines.tsv", f"{RESULTS}/tables/baselines.md"]
+
+
+def dense_embeddings(wildcards):
+    model = config["retrievers"][wildcards.retriever]["model"]
+    return f"{RESULTS}/embeddings/{corpus_of(wildcards.dataset)}/{model}"

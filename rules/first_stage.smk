@@ -1,0 +1,85 @@
+# First stage: BM25 over a full corpus (bm25s), exact dense retrieval with a bi-encoder.
+# Given candidates (the dataset's own run) come from rules/data.smk.
+
+
+rule bm25_index:
+    input:
+        corpus=f"{RESULTS}/data/corpora/{{corpus}}/corpus.parquet",
+    output:
+        index=directory(f"{RESULTS}/indexes/{{corpus}}/{{retriever}}"),
+    log:
+        log_path("bm25_index", "{corpus}/{retriever}"),
+    benchmark:
+        benchmark_path("bm25_index", "{corpus}/{retriever}")
+    wildcard_constraints:
+        retriever=names_of_kind("retrievers", "bm25"),
+    threads: threads_for("bm25_index")
+    resources:
+        **resources_for("bm25_index"),
+    params:
+        bm25=lambda wildcards: config["retrievers"][wildcards.retriever],
+    script:
+        "../workflow_scripts/bm25_index.py"
+
+
+rule bm25_retrieve:
+    input:
+        index=lambda wildcards: f"{RESULTS}/indexes/{corpus_of(wildcards.dataset)}/{wildcards.retriever}",
+        queries=queries_parquet,
+    output:
+        run=f"{RESULTS}/runs/{{dataset}}/first-stage/{{retriever}}.trec",
+    log:
+        log_path("bm25_retrieve", "{dataset}/{retriever}"),
+    benchmark:
+        benchmark_path("bm25_retrieve", "{dataset}/{retriever}")
+    wildcard_constraints:
+        retriever=names_of_kind("retrievers", "bm25"),
+    threads: threads_for("bm25_retrieve")
+    resources:
+        **resources_for("bm25_retrieve"),
+    params:
+        depth=lambda wildcards: config["retrievers"][wildcards.retriever]["depth"],
+    script:
+        "../workflow_scripts/bm25_retrieve.py"
+
+
+rule encode_corpus:
+    input:
+        corpus=f"{RESULTS}/data/corpora/{{corpus}}/corpus.parquet",
+    output:
+        embeddings=directory(f"{RESULTS}/embeddings/{{corpus}}/{{model}}"),
+    log:
+        log_path("encode_corpus", "{corpus}/{model}"),
+    benchmark:
+        benchmark_path("encode_corpus", "{corpus}/{model}")
+    threads: threads_for("encode_corpus")
+    resources:
+        **resources_for("encode_corpus"),
+    params:
+        model=lambda wildcards: model_entry(wildcards.model),
+    script:
+        "../workflow_scripts/encode_corpus.py"
+
+
+rule dense_retrieve:
+    input:
+        embeddings=lambda wildcards: dense_embeddings(wildcards),
+        queries=queries_parquet,
+    output:
+        run=f"{RESULTS}/runs/{{dataset}}/first-stage/{{retriever}}.trec",
+    log:
+        log_path("dense_retrieve", "{dataset}/{retriever}"),
+    benchmark:
+        benchmark_path("dense_retrieve", "{dataset}/{retriever}")
+    wildcard_constraints:
+        retriever=names_of_kind("retrievers", "dense"),
+    threads: threads_for("dense_retrieve")
+    resources:
+        **resources_for("dense_retrieve"),
+    params:
+        model=lambda wildcards: model_entry(
+            config["retrievers"][wildcards.retriever]["model"]
+        ),
+        depth=lambda wildcards: config["retrievers"][wildcards.retriever]["depth"],
+    script:
+        "../workflow_scripts/dense_retrieve.py"

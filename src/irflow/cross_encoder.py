@@ -1,0 +1,62 @@
+"""Cross-encoder (sentence-transformers CrossEncoder) loading and candidate reranking.
+
+Scores are the raw model outputs (logits, no sigmoid): they keep the ranking, and distillation
+losses downstream need the unsquashed values.
+"""
+
+from __future__ import annotations
+
+from irflow.data import candidate_texts
+from irflow.io import InputError
+from irflow.models import ModelRef, model_kwargs
+
+
+def load_cross_encoder(ref: ModelRef, device: str):
+    import torch
+    from sentence_transformers import CrossEncoder
+
+    try:
+        return CrossEncoder(
+            ref.name_or_path,
+            device=device,
+            revision=ref.revision,
+            trust_remote_code=ref.trust_remote_code,
+            max_length=ref.max_length,
+            model_kwargs=model_kwargs(device),
+            activation_fn=torch.nn.Identity(),
+        )
+    except InputError:
+        raise
+    except Exception as err:  # many library error types; the user needs the model's name
+        raise InputError(
+            f"model {ref.name!r} ({ref.hf_id or ref.path}) could not be loaded: {err}"
+        ) from err
+
+
+def rerank_candidates(
+    model,
+    corpus_parquet: str,
+    queries: dict[str, str],
+    candidates: dict[str, dict[str, float]],
+    depth: int,
+    batch_size: int = 32,
+) -> dict[str, dict[str, float]]:
+    import torch
+
+    missing_queries = sorted(set(candidates) - set(queries))
+    if missing_queries:
+        raise InputError(f"candidate run has queries with no text: {missing_queries[:5]}")
+    top, texts = candidate_texts(corpus_parquet, candidates, depth)
+    pairs = [(queries[qid], texts[d]) for qid in sorted(top) for d in top[qid]]
+    with torch.inference_mode():
+        scores = model.predict(
+            pairs, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True
+        )
+    run: dict[str, dict[str, float]] = {}
+    position = 0
+    for qid in sorted(top):
+        run[qid] = {}
+        for d in top[qid]:
+            run[qid][d] = float(scores[position])
+            position += 1
+    return run

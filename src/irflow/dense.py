@@ -1,0 +1,133 @@
+"""Bi-encoder (sentence-transformers) corpus encoding, exact dense retrieval and reranking.
+
+Embeddings are L2-normalised, so the dot products below are cosine similarities.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from irflow.data import candidate_texts, doc_texts
+from irflow.io import InputError, atomic_output, write_json_atomic
+
+
+def _encode(model, texts: list[str], batch_size: int, prompt: str | None = None) -> np.ndarray:
+    import torch
+
+    with torch.inference_mode():
+        emb = model.encode(
+            texts,
+            batch_size=batch_size,
+            convert_to_numpy=True,
+            normalize_embeddings=True,
+            show_progress_bar=False,
+            prompt=prompt,
+        )
+    return emb.astype(np.float32, copy=False)
+
+
+def encode_corpus(
+    model, corpus_parquet: str, out_dir: str, batch_size: int = 64, chunk: int = 20_000
+) -> None:
+    """Encode the corpus chunk by chunk into ``embeddings.npy`` (memory-mapped, float32)."""
+    parquet = pq.ParquetFile(corpus_parquet)
+    total = parquet.metadata.num_rows
+    dim = model.get_sentence_embedding_dimension()
+    with atomic_output(out_dir, directory=True) as tmp:
+        matrix = np.lib.format.open_memmap(
+            tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dim)
+        )
+        doc_ids: list[str] = []
+        offset = 0
+        for batch in parquet.iter_batches(batch_size=chunk, columns=["doc_id", "title", "text"]):
+            texts = doc_texts(batch)
+            matrix[offset : offset + len(texts)] = _encode(model, texts, batch_size)
+            doc_ids.extend(batch.column("doc_id").to_pylist())
+            offset += len(texts)
+        matrix.flush()
+        del matrix
+        write_json_atomic(tmp / "doc_ids.json", doc_ids)
+
+
+def load_embeddings(emb_dir: str) -> tuple[np.ndarray, list[str]]:
+    directory = Path(emb_dir)
+    matrix = np.load(directory / "embeddings.npy", mmap_mode="r")
+    doc_ids = json.loads((directory / "doc_ids.json").read_text())
+    if len(doc_ids) != matrix.shape[0]:
+        raise InputError(f"{emb_dir}: {len(doc_ids)} doc ids but {matrix.shape[0]} embeddings")
+    return matrix, doc_ids
+
+
+def exact_search(
+    query_emb: np.ndarray, doc_emb: np.ndarray, k: int, chunk: int = 65_536
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k inner-product search over document chunks; returns (scores, indices)."""
+    import torch
+
+    k = min(k, doc_emb.shape[0])
+    queries = torch.from_numpy(np.ascontiguousarray(query_emb))
+    best_scores = torch.full((queries.shape[0], 0), float("-inf"))
+    best_index = torch.zeros((queries.shape[0], 0), dtype=torch.long)
+    for start in range(0, doc_emb.shape[0], chunk):
+        block = torch.from_numpy(np.ascontiguousarray(doc_emb[start : start + chunk]))
+        scores = queries @ block.T
+        top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
+        best_scores = torch.cat([best_scores, top.values], dim=1)
+        best_index = torch.cat([best_index, top.indices + start], dim=1)
+        keep = torch.topk(best_scores, min(k, best_scores.shape[1]), dim=1)
+        best_scores = keep.values
+        best_index = torch.gather(best_index, 1, keep.indices)
+    return best_scores.numpy(), best_index.numpy()
+
+
+def dense_retrieve(
+    model,
+    emb_dir: str,
+    queries: dict[str, str],
+    k: int,
+    batch_size: int = 64,
+    query_prompt: str | None = None,
+) -> dict[str, dict[str, float]]:
+    doc_emb, doc_ids = load_embeddings(emb_dir)
+    qids = sorted(queries)
+    query_emb = _encode(model, [queries[q] for q in qids], batch_size, prompt=query_prompt)
+    if query_emb.shape[1] != doc_emb.shape[1]:
+        raise InputError(
+            f"{emb_dir}: corpus embeddings have dimension {doc_emb.shape[1]}, the query model gives "
+            f"{query_emb.shape[1]}; encode the corpus with the same model"
+        )
+    scores, index = exact_search(query_emb, doc_emb, k)
+    return {
+        qid: {doc_ids[index[row, col]]: float(scores[row, col]) for col in range(index.shape[1])}
+        for row, qid in enumerate(qids)
+    }
+
+
+def rerank_candidates(
+    model,
+    corpus_parquet: str,
+    queries: dict[str, str],
+    candidates: dict[str, dict[str, float]],
+    depth: int,
+    batch_size: int = 64,
+    query_prompt: str | None = None,
+) -> dict[str, dict[str, float]]:
+    """Score each query's top-``depth`` candidates by cosine similarity."""
+    missing_queries = sorted(set(candidates) - set(queries))
+    if missing_queries:
+        raise InputError(f"candidate run has queries with no text: {missing_queries[:5]}")
+    top, texts = candidate_texts(corpus_parquet, candidates, depth)
+    needed = list(texts)
+    doc_emb = _encode(model, [texts[d] for d in needed], batch_size)
+    row_of = {d: i for i, d in enumerate(needed)}
+    qids = sorted(top)
+    query_emb = _encode(model, [queries[q] for q in qids], batch_size, prompt=query_prompt)
+    run = {}
+    for qi, qid in enumerate(qids):
+        scores = doc_emb[[row_of[d] for d in top[qid]]] @ query_emb[qi]
+        run[qid] = {d: float(s) for d, s in zip(top[qid], scores, strict=True)}
+    return run

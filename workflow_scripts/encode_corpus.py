@@ -1,0 +1,16 @@
+"""Rule encode_corpus: L2-normalised bi-encoder embeddings of every document."""
+
+from irflow import logs
+from irflow.dense import encode_corpus
+from irflow.models import ModelRef, configure_threads, load_sentence_transformer, pick_device
+
+logs.to_file(snakemake.log[0])
+configure_threads(snakemake.threads)
+spec = dict(snakemake.params.model)
+model = load_sentence_transformer(ModelRef.from_config(spec.pop("name"), spec), pick_device())
+encode_corpus(
+    model,
+    snakemake.input.corpus,
+    snakemake.output.embeddings,
+    batch_size=spec.get("batch_size", 64),
+)
