@@ -118,8 +118,8 @@ mapfile -t slurm_logs < <(find "$SLURM_DIR/.snakemake/slurm_logs" -name '*.log' 
     fail "expected >= $slurm_steps sbatch submissions, the log shows ${#job_ids[@]}"
 (( ${#job_ids[@]} == slurm_steps )) || say "note: ${#job_ids[@]} submissions for $slurm_steps steps (retries)"
 for id in "${job_ids[@]}"; do
-    ls "$SLURM_DIR"/.snakemake/slurm_logs/rule_*/*/"$id.log" "$SLURM_DIR"/.snakemake/slurm_logs/rule_*/"$id.log" \
-        >/dev/null 2>&1 || fail "no Slurm log for job $id under .snakemake/slurm_logs"
+    printf '%s\n' "${slurm_logs[@]}" | grep -q "/$id\.log\$" ||
+        fail "no Slurm log for job $id under .snakemake/slurm_logs"
 done
 # Finished jobs stay visible to squeue for MinJobAge (300 s on the CI cluster).
 states=$(squeue --states=all --noheader --name "$run_id" --format '%T' 2>/dev/null | sort | uniq -c | xargs || true)

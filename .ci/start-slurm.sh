@@ -93,7 +93,6 @@ $MARKER on $(hostname) -- edit that script, not this file.
 ClusterName=$CLUSTER
 SlurmctldHost=localhost
 AuthType=auth/munge
-CryptoType=crypto/munge
 SlurmUser=slurm
 SlurmctldPort=6817
 SlurmdPort=6818

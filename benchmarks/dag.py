@@ -170,23 +170,64 @@ def dry_run(configfile: Path, scratch: Path) -> dict[str, Any]:
     }
 
 
+def startup_seconds(repeats: int) -> float:
+    """Median wall time of `snakemake --version`: the fixed cost of starting Snakemake."""
+    walls = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "snakemake", "--version"], capture_output=True, check=True
+        )
+        walls.append(time.perf_counter() - start)
+    return round(statistics.median(walls), 3)
+
+
 # ---------------------------------------------------------------------------------------------
 # Profile of one dry run
 # ---------------------------------------------------------------------------------------------
 def _where(filename: str) -> str:
-    path = Path(filename)
-    try:
-        return str(path.resolve().relative_to(ROOT))
-    except (ValueError, OSError):
-        pass
-    parts = path.parts
+    """A short location: package-relative for libraries, repo-relative for the workflow."""
+    parts = Path(filename).parts
     if "site-packages" in parts:
         return "/".join(parts[parts.index("site-packages") + 1 :])
+    try:
+        return str(Path(filename).resolve().relative_to(ROOT))
+    except (ValueError, OSError):
+        pass
+    if "lib" in parts and any(p.startswith("python3") for p in parts):
+        return "stdlib/" + "/".join(parts[-1:])  # e.g. stdlib/inspect.py
     return filename
 
 
 def _is_workflow_code(where: str) -> bool:
     return where.startswith("rules/") or where == "Snakefile"
+
+
+def _package(where: str) -> str:
+    if _is_workflow_code(where):
+        return "workflow code (rules/*.smk, Snakefile)"
+    if where.startswith(("~", "<")):
+        return "builtins and frozen importlib"
+    head = where.split("/")[0]
+    return head.removesuffix(".py") if head != "stdlib" else "python stdlib"
+
+
+# Where the dry run spends its time, as cumulative times of the Snakemake functions that
+# delimit each phase. The phases overlap (a resource evaluation happens inside DAG building or
+# job printing), so they do not add up to the total.
+PHASES: list[tuple[str, str, str]] = [
+    ("Python imports (all modules)", "<frozen importlib._bootstrap>", "_find_and_load"),
+    ("parse Snakefile + rules/*.smk", "snakemake/workflow.py", "include"),
+    ("config validation (snakemake.utils.validate)", "snakemake/utils.py", "validate"),
+    ("build the DAG", "snakemake/workflow.py", "_build_dag"),
+    ("print the dry-run jobs", "snakemake/executors/dryrun.py", "printjob"),
+    ("evaluate rule input (input functions)", "snakemake/rules.py", "expand_input"),
+    ("evaluate rule params (params lambdas)", "snakemake/rules.py", "expand_params"),
+    ("evaluate rule resources (resources_for lambdas)", "snakemake/rules.py", "expand_resources"),
+    ("look up script: sources (per job)", "snakemake/script/__init__.py", "get_source"),
+    ("conda env spec per job", "snakemake/jobs.py", "conda_env_spec"),
+    ("inspect.signature (callable introspection)", "stdlib/inspect.py", "signature"),
+]
 
 
 def profile_dry_run(configfile: Path, scratch: Path, top: int = 15) -> dict[str, Any]:
@@ -198,51 +239,56 @@ def profile_dry_run(configfile: Path, scratch: Path, top: int = 15) -> dict[str,
     start = time.perf_counter()
     result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - start
+    shutil.rmtree(workdir, ignore_errors=True)
     if result.returncode != 0:
         raise RuntimeError(
             f"profiled dry run failed:\n{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
         )
     stats = pstats.Stats(str(prof))
-    total = stats.total_tt
     rows = []
     for (filename, line, func), (_cc, ncalls, tottime, cumtime, _callers) in stats.stats.items():
+        where = _where(filename)
         rows.append(
             {
                 "function": func,
-                "where": f"{_where(filename)}:{line}",
+                "file": where,
+                "where": f"{where}:{line}",
                 "calls": ncalls,
                 "tottime_s": round(tottime, 4),
                 "cumtime_s": round(cumtime, 4),
-                "workflow_code": _is_workflow_code(_where(filename)),
+                "workflow_code": _is_workflow_code(where),
             }
         )
 
     def ranked(items, key):
         return sorted(items, key=lambda r: r[key], reverse=True)[:top]
 
-    # Exclusive time by package: which library the process spends its own time in.
+    phases = {}
+    for label, file, func in PHASES:
+        matches = [r for r in rows if r["function"] == func and r["file"].endswith(file)]
+        if matches:
+            phases[label] = {
+                "cumtime_s": round(max(r["cumtime_s"] for r in matches), 3),
+                "calls": sum(r["calls"] for r in matches),
+            }
     by_package: dict[str, float] = {}
     for row in rows:
-        where = row["where"]
-        if _is_workflow_code(where.split(":")[0]):
-            package = "workflow code (rules/, Snakefile)"
-        elif where.startswith("~") or where.startswith("<"):
-            package = "builtins"
-        else:
-            package = where.split("/")[0].split(":")[0].removesuffix(".py")
+        package = _package(row["file"])
         by_package[package] = by_package.get(package, 0.0) + row["tottime_s"]
     workflow_rows = [r for r in rows if r["workflow_code"]]
-    shutil.rmtree(workdir, ignore_errors=True)
+    callables = [r for r in workflow_rows if r["function"] != "<module>"]
     return {
         "wall_s_under_profiler": round(wall, 3),
-        "profiled_total_s": round(total, 3),
+        "profiled_total_s": round(stats.total_tt, 3),
+        "phases": phases,
+        "exclusive_by_package": dict(
+            sorted(((k, round(v, 3)) for k, v in by_package.items()), key=lambda kv: -kv[1])[:10]
+        ),
         "top_cumulative": ranked(rows, "cumtime_s"),
         "top_exclusive": ranked(rows, "tottime_s"),
         "workflow_code_cumulative": ranked(workflow_rows, "cumtime_s"),
         "workflow_code_exclusive_total_s": round(sum(r["tottime_s"] for r in workflow_rows), 4),
-        "exclusive_by_package": dict(
-            sorted(((k, round(v, 3)) for k, v in by_package.items()), key=lambda kv: -kv[1])[:12]
-        ),
+        "workflow_callable_calls": sum(r["calls"] for r in callables),
     }
 
 
@@ -286,8 +332,10 @@ def machine() -> dict[str, Any]:
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     walls = [r["wall_s"] for r in runs]
     rss = [r["peak_rss_mb"] for r in runs]
+    cpu = [r["user_s"] + r["sys_s"] for r in runs]
     return {
         "wall_s_median": round(statistics.median(walls), 3),
+        "cpu_s_median": round(statistics.median(cpu), 3),
         "wall_s_min": min(walls),
         "wall_s_max": max(walls),
         "peak_rss_mb_max": max(rss),
@@ -316,11 +364,14 @@ def markdown(report: dict[str, Any]) -> str:
         "## Results",
         "",
         f"Target: under {report['target_s']:.0f} s per dry run. Peak RSS is that of the Snakemake "
-        f"process ({m['peak_rss_method']}).",
+        f"process ({m['peak_rss_method']}); CPU s is its user + system time, which other work "
+        "on the machine inflates less than wall time. For reference, `snakemake --version` "
+        f"(interpreter start, imports, plugin discovery; no workflow) takes "
+        f"{report['startup_s_median']:.2f} s (median of {report['repeats']}).",
         "",
-        "| scale | datasets | jobs | wall s (median) | wall s (min-max) | peak RSS MB "
-        "| under target |",
-        "|---:|---:|---:|---:|---:|---:|:---:|",
+        "| scale | datasets | jobs | wall s (median) | wall s (min-max) | CPU s (median) "
+        "| peak RSS MB | under target |",
+        "|---:|---:|---:|---:|---:|---:|---:|:---:|",
     ]
     for s in report["scales"]:
         summary = s["summary"]
@@ -328,7 +379,7 @@ def markdown(report: dict[str, Any]) -> str:
         lines.append(
             f"| {s['scale']} | {s['datasets']} | {s['jobs']} | {summary['wall_s_median']:.2f} | "
             f"{summary['wall_s_min']:.2f}-{summary['wall_s_max']:.2f} | "
-            f"{summary['peak_rss_mb_max']:.0f} | {ok} |"
+            f"{summary['cpu_s_median']:.2f} | {summary['peak_rss_mb_max']:.0f} | {ok} |"
         )
     largest = report["scales"][-1]
     lines += [
@@ -350,6 +401,17 @@ def markdown(report: dict[str, Any]) -> str:
             f"{largest['jobs'] / first['jobs']:.1f}x and the time "
             f"{largest['summary']['wall_s_median'] / first['summary']['wall_s_median']:.1f}x.",
         ]
+        fit, cpu = report.get("fit"), report.get("fit_cpu")
+        if fit and cpu:
+            lines += [
+                "",
+                f"Least-squares fits over the scales: wall s = {fit['fixed_s']:.2f} + "
+                f"{fit['ms_per_job']:.2f} ms x jobs (the {report['target_s']:.0f} s target is "
+                f"reached at about {fit['jobs_at_target']} jobs); CPU s = {cpu['fixed_s']:.2f} + "
+                f"{cpu['ms_per_job']:.2f} ms x jobs (about {cpu['jobs_at_target']} jobs). A dry "
+                "run is single-threaded, so on an otherwise idle core its wall time is close to "
+                "its CPU time.",
+            ]
     profile = report.get("profile")
     if profile:
         lines += [
@@ -366,15 +428,25 @@ def markdown(report: dict[str, Any]) -> str:
             + ", ".join(f"{k} {v}" for k, v in profile["exclusive_by_package"].items())
             + ".",
             "",
-            "Top functions by cumulative time:",
+            "Phases (cumulative time of the Snakemake function that delimits each; they overlap):",
             "",
-            "| function | where | calls | cumulative s | own s |",
+            "| phase | calls | cumulative s | share of profiled time |",
+            "|---|---:|---:|---:|",
+        ]
+        for label, phase in profile["phases"].items():
+            share = phase["cumtime_s"] / profile["profiled_total_s"]
+            lines.append(f"| {label} | {phase['calls']} | {phase['cumtime_s']:.2f} | {share:.0%} |")
+        lines += [
+            "",
+            "Top functions by exclusive (own) time:",
+            "",
+            "| function | where | calls | own s | cumulative s |",
             "|---|---|---:|---:|---:|",
         ]
-        for row in profile["top_cumulative"][:12]:
+        for row in profile["top_exclusive"][:10]:
             lines.append(
                 f"| `{row['function']}` | {row['where']} | {row['calls']} | "
-                f"{row['cumtime_s']:.3f} | {row['tottime_s']:.3f} |"
+                f"{row['tottime_s']:.3f} | {row['cumtime_s']:.3f} |"
             )
         lines += [
             "",
@@ -424,6 +496,7 @@ def main(argv: list[str] | None = None) -> int:
         "target_s": TARGET_SECONDS,
         "machine": machine(),
         "load_before": [round(x, 2) for x in os.getloadavg()],
+        "startup_s_median": startup_seconds(args.repeats),
         "scales": [],
         "notes": list(args.note),
     }
@@ -462,6 +535,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"profiling one dry run at scale {max(args.scales)} ...", flush=True)
             report["profile"] = {"scale": max(args.scales), **profile_dry_run(configfile, scratch)}
     report["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    if len(report["scales"]) > 1:
+        jobs = [sc["jobs"] for sc in report["scales"]]
+        for key, figure in (("fit", "wall_s_median"), ("fit_cpu", "cpu_s_median")):
+            seconds = [sc["summary"][figure] for sc in report["scales"]]
+            slope, intercept = statistics.linear_regression(jobs, seconds)
+            report[key] = {
+                "fixed_s": round(intercept, 3),
+                "ms_per_job": round(1000 * slope, 3),
+                "jobs_at_target": int((TARGET_SECONDS - intercept) / slope) if slope > 0 else None,
+            }
     report["command"] = ["snakemake", *snakemake_command(Path("<config>"), Path("<empty dir>"))[3:]]
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "dag.json").write_text(json.dumps(report, indent=2) + "\n")

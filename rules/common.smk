@@ -142,6 +142,11 @@ def resources_for(rule_name):
     return resources
 
 
+def container_image(family):
+    """Image URI of a container family (containers/<family>.Dockerfile), used with --sdm apptainer."""
+    return config["containers"][family]
+
+
 def log_path(rule_name, pattern):
     return f"{RESULTS}/logs/{rule_name}/{pattern}.log"
 

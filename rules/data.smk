@@ -10,6 +10,8 @@ rule prepare_corpus:
         log_path("prepare_corpus", "{corpus}"),
     benchmark:
         benchmark_path("prepare_corpus", "{corpus}")
+    container:
+        container_image("workflow")
     threads: threads_for("prepare_corpus")
     resources:
         **resources_for("prepare_corpus"),
@@ -28,6 +30,8 @@ rule prepare_topics:
         log_path("prepare_topics", "{dataset}"),
     benchmark:
         benchmark_path("prepare_topics", "{dataset}")
+    container:
+        container_image("workflow")
     threads: threads_for("prepare_topics")
     resources:
         **resources_for("prepare_topics"),
@@ -46,6 +50,8 @@ rule given_candidates:
         benchmark_path("given_candidates", "{dataset}/{retriever}")
     wildcard_constraints:
         retriever=names_of_kind("retrievers", "given"),
+    container:
+        container_image("workflow")
     threads: threads_for("given_candidates")
     resources:
         **resources_for("given_candidates"),

@@ -14,6 +14,8 @@ rule evaluate_run:
         benchmark_path("evaluate_run", "{dataset}/{run}")
     wildcard_constraints:
         run="[A-Za-z0-9_./-]+",
+    container:
+        container_image("workflow")
     threads: threads_for("evaluate_run")
     resources:
         **resources_for("evaluate_run"),
@@ -41,6 +43,8 @@ rule baselines_table:
         log_path("baselines_table", "baselines"),
     benchmark:
         benchmark_path("baselines_table", "baselines")
+    container:
+        container_image("workflow")
     threads: threads_for("baselines_table")
     resources:
         **resources_for("baselines_table"),

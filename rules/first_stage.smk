@@ -13,6 +13,8 @@ rule bm25_index:
         benchmark_path("bm25_index", "{corpus}/{retriever}")
     wildcard_constraints:
         retriever=names_of_kind("retrievers", "bm25"),
+    container:
+        container_image("workflow")
     threads: threads_for("bm25_index")
     resources:
         **resources_for("bm25_index"),
@@ -34,6 +36,8 @@ rule bm25_retrieve:
         benchmark_path("bm25_retrieve", "{dataset}/{retriever}")
     wildcard_constraints:
         retriever=names_of_kind("retrievers", "bm25"),
+    container:
+        container_image("workflow")
     threads: threads_for("bm25_retrieve")
     resources:
         **resources_for("bm25_retrieve"),
@@ -52,6 +56,8 @@ rule encode_corpus:
         log_path("encode_corpus", "{corpus}/{model}"),
     benchmark:
         benchmark_path("encode_corpus", "{corpus}/{model}")
+    container:
+        container_image("workflow")
     threads: threads_for("encode_corpus")
     resources:
         **resources_for("encode_corpus"),
@@ -73,6 +79,8 @@ rule dense_retrieve:
         benchmark_path("dense_retrieve", "{dataset}/{retriever}")
     wildcard_constraints:
         retriever=names_of_kind("retrievers", "dense"),
+    container:
+        container_image("workflow")
     threads: threads_for("dense_retrieve")
     resources:
         **resources_for("dense_retrieve"),

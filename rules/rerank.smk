@@ -14,6 +14,8 @@ rule rerank_bi_encoder:
         benchmark_path("rerank_bi_encoder", "{dataset}/{retriever}/{reranker}")
     wildcard_constraints:
         reranker=names_of_kind("rerankers", "bi-encoder"),
+    container:
+        container_image("workflow")
     threads: threads_for("rerank_bi_encoder")
     resources:
         **resources_for("rerank_bi_encoder"),
@@ -39,6 +41,8 @@ rule rerank_cross_encoder:
         benchmark_path("rerank_cross_encoder", "{dataset}/{retriever}/{reranker}")
     wildcard_constraints:
         reranker=names_of_kind("rerankers", "cross-encoder"),
+    container:
+        container_image("workflow")
     threads: threads_for("rerank_cross_encoder")
     resources:
         **resources_for("rerank_cross_encoder"),

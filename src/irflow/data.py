@@ -384,7 +384,8 @@ def candidate_texts(
     absent = [d for d in needed if d not in position]
     if absent:
         raise InputError(
-            f"{len(absent)} candidate documents are not in the corpus {corpus_parquet}, e.g. {absent[:5]}"
+            f"{len(absent)} candidate documents are not in the corpus {corpus_parquet}, "
+            f"e.g. {absent[:5]}"
         )
     import numpy as np
 

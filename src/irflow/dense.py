@@ -97,8 +97,8 @@ def dense_retrieve(
     query_emb = _encode(model, [queries[q] for q in qids], batch_size, prompt=query_prompt)
     if query_emb.shape[1] != doc_emb.shape[1]:
         raise InputError(
-            f"{emb_dir}: corpus embeddings have dimension {doc_emb.shape[1]}, the query model gives "
-            f"{query_emb.shape[1]}; encode the corpus with the same model"
+            f"{emb_dir}: corpus embeddings have dimension {doc_emb.shape[1]}, the query model "
+            f"gives {query_emb.shape[1]}; encode the corpus with the same model"
         )
     scores, index = exact_search(query_emb, doc_emb, k)
     return {

@@ -36,9 +36,8 @@ def atomic_output(path: str | os.PathLike, directory: bool = False) -> Iterator[
         tmp = Path(name)
     try:
         yield tmp
-        if directory:
-            if path.exists():
-                shutil.rmtree(path)
+        if directory and path.exists():
+            shutil.rmtree(path)
         # mkstemp/mkdtemp create private files; artifacts are readable like any other output.
         os.chmod(tmp, 0o755 if directory else 0o644)
         os.replace(tmp, path)
