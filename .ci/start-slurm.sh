@@ -206,6 +206,7 @@ log "node localhost is '$state'"
 sinfo >&2
 
 smoke_out=$(mktemp /tmp/slurm-smoke.XXXXXX)
+# shellcheck disable=SC2016  # $(hostname) and $SLURM_JOB_ID expand inside the job
 if ! timeout "$TIMEOUT" sbatch --wait --quiet -J smoke-test -o "$smoke_out" -t 1 --mem 10 \
         --wrap 'echo "smoke test ran on $(hostname) as job $SLURM_JOB_ID"'; then
     cat "$smoke_out" >&2 || true

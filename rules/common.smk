@@ -5,7 +5,7 @@ from snakemake.utils import validate
 validate(config, schema="../schemas/config.schema.yaml", set_default=True)
 
 NAME_RE = "[A-Za-z0-9][A-Za-z0-9_.-]*"
-RESULTS = "results"
+RESULTS = config["results_dir"]
 
 
 def _nothing():

@@ -42,7 +42,9 @@ def offline_env() -> dict[str, str]:
     return env
 
 
-def snakemake(workdir: Path, config: dict | Path, *args: str, check: bool = True, cores: int = 2):
+def snakemake(
+    workdir: Path, config: dict | Path, *args: str, check: bool = True, cores: int | None = 2
+):
     config_path = config if isinstance(config, Path) else write_config(workdir, config)
     command = [
         sys.executable,
@@ -54,8 +56,7 @@ def snakemake(workdir: Path, config: dict | Path, *args: str, check: bool = True
         str(workdir),
         "--configfile",
         str(config_path),
-        "--cores",
-        str(cores),
+        *(["--cores", str(cores)] if cores else []),
         *args,
     ]
     result = subprocess.run(command, capture_output=True, text=True, env=offline_env(), cwd=workdir)
