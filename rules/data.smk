@@ -11,7 +11,7 @@ rule prepare_corpus:
     benchmark:
         benchmark_path("prepare_corpus", "{corpus}")
     container:
-        container_image("workflow")
+        container_image("eval")
     threads: threads_for("prepare_corpus")
     resources:
         **resources_for("prepare_corpus"),
@@ -31,7 +31,7 @@ rule prepare_topics:
     benchmark:
         benchmark_path("prepare_topics", "{dataset}")
     container:
-        container_image("workflow")
+        container_image("eval")
     threads: threads_for("prepare_topics")
     resources:
         **resources_for("prepare_topics"),
@@ -51,7 +51,7 @@ rule given_candidates:
     wildcard_constraints:
         retriever=names_of_kind("retrievers", "given"),
     container:
-        container_image("workflow")
+        container_image("eval")
     threads: threads_for("given_candidates")
     resources:
         **resources_for("given_candidates"),

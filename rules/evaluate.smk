@@ -15,7 +15,7 @@ rule evaluate_run:
     wildcard_constraints:
         run="[A-Za-z0-9_./-]+",
     container:
-        container_image("workflow")
+        container_image("eval")
     threads: threads_for("evaluate_run")
     resources:
         **resources_for("evaluate_run"),
@@ -44,7 +44,7 @@ rule baselines_table:
     benchmark:
         benchmark_path("baselines_table", "baselines")
     container:
-        container_image("workflow")
+        container_image("eval")
     threads: threads_for("baselines_table")
     resources:
         **resources_for("baselines_table"),

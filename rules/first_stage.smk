@@ -14,7 +14,7 @@ rule bm25_index:
     wildcard_constraints:
         retriever=names_of_kind("retrievers", "bm25"),
     container:
-        container_image("workflow")
+        container_image("eval")
     threads: threads_for("bm25_index")
     resources:
         **resources_for("bm25_index"),
@@ -37,7 +37,7 @@ rule bm25_retrieve:
     wildcard_constraints:
         retriever=names_of_kind("retrievers", "bm25"),
     container:
-        container_image("workflow")
+        container_image("eval")
     threads: threads_for("bm25_retrieve")
     resources:
         **resources_for("bm25_retrieve"),
@@ -57,7 +57,7 @@ rule encode_corpus:
     benchmark:
         benchmark_path("encode_corpus", "{corpus}/{model}")
     container:
-        container_image("workflow")
+        container_image("torch")
     threads: threads_for("encode_corpus")
     resources:
         **resources_for("encode_corpus"),
@@ -80,7 +80,7 @@ rule dense_retrieve:
     wildcard_constraints:
         retriever=names_of_kind("retrievers", "dense"),
     container:
-        container_image("workflow")
+        container_image("torch")
     threads: threads_for("dense_retrieve")
     resources:
         **resources_for("dense_retrieve"),

@@ -15,7 +15,7 @@ rule rerank_bi_encoder:
     wildcard_constraints:
         reranker=names_of_kind("rerankers", "bi-encoder"),
     container:
-        container_image("workflow")
+        container_image("torch")
     threads: threads_for("rerank_bi_encoder")
     resources:
         **resources_for("rerank_bi_encoder"),
@@ -42,7 +42,7 @@ rule rerank_cross_encoder:
     wildcard_constraints:
         reranker=names_of_kind("rerankers", "cross-encoder"),
     container:
-        container_image("workflow")
+        container_image("torch")
     threads: threads_for("rerank_cross_encoder")
     resources:
         **resources_for("rerank_cross_encoder"),
