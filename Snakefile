@@ -18,6 +18,7 @@ include: "rules/common.smk"
 include: "rules/data.smk"
 include: "rules/first_stage.smk"
 include: "rules/rerank.smk"
+include: "rules/training_data.smk"
 include: "rules/evaluate.smk"
 
 

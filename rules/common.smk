@@ -55,11 +55,36 @@ def check_references():
                 f"{baseline['dataset']!r}, but that dataset sets no 'candidates:' file"
             )
 
+    for name, spec in config["training_sets"].items():
+        check_reference(f"training_sets.{name}.dataset", "datasets", spec["dataset"])
+        for held in spec["held_out"]:
+            check_reference(f"training_sets.{name}.held_out", "datasets", held)
+    for name, spec in config["miners"].items():
+        check_reference(f"miners.{name}.retriever", "retrievers", spec["retriever"])
+    for name, spec in config["teachers"].items():
+        check_reference(f"teachers.{name}.model", "models", spec["model"])
+    for i, build in enumerate(config["training_data"]):
+        check_reference(
+            f"training_data[{i}].training_set", "training_sets", build["training_set"]
+        )
+        for section in ("miners", "teachers", "filters"):
+            for name in build.get(section, []):
+                check_reference(f"training_data[{i}].{section}", section, name)
+        if build.get("filters") and not build.get("teachers"):
+            raise WorkflowError(
+                f"config: training_data[{i}] lists filters but no teachers: consistency "
+                f"filters work on teacher scores"
+            )
+
 
 check_references()
 
 
 wildcard_constraints:
+    train=NAME_RE,
+    miner=NAME_RE,
+    teacher=NAME_RE,
+    filter=NAME_RE,
     dataset=NAME_RE,
     corpus=NAME_RE,
     model=NAME_RE,
@@ -176,8 +201,59 @@ def baseline_metric_files():
     return [f"{RESULTS}/metrics/{d}/{run}/mean.tsv" for d, run in baseline_runs()]
 
 
+def training_data_stats_files():
+    """Stats JSON of every artifact the training_data section asks for, in data-flow order."""
+    files = []
+    for build in config["training_data"]:
+        train = build["training_set"]
+        files.append(f"{RESULTS}/training-data/{train}/queries.stats.json")
+        for miner in build["miners"]:
+            files.append(
+                f"{RESULTS}/training-data/{train}/negatives/{miner}.stats.json"
+            )
+            for teacher in build.get("teachers", []):
+                files.append(
+                    f"{RESULTS}/teacher-scores/{train}/{miner}/{teacher}.stats.json"
+                )
+                for filt in build.get("filters", []):
+                    files.append(
+                        f"{RESULTS}/filtered/{train}/{miner}/{teacher}/{filt}.stats.json"
+                    )
+    return list(dict.fromkeys(files))
+
+
+def training_dataset(wildcards):
+    return config["training_sets"][wildcards.train]["dataset"]
+
+
+def training_corpus(wildcards):
+    return f"{RESULTS}/data/corpora/{corpus_of(training_dataset(wildcards))}/corpus.parquet"
+
+
+def miner_run(wildcards):
+    retriever = config["miners"][wildcards.miner]["retriever"]
+    return f"{RESULTS}/runs/{training_dataset(wildcards)}/first-stage/{retriever}.trec"
+
+
+def held_out_queries(wildcards):
+    held = config["training_sets"][wildcards.train]["held_out"]
+    return {name: f"{RESULTS}/data/datasets/{name}/queries.parquet" for name in held}
+
+
+def teacher_shards(wildcards):
+    shards = config["teachers"][wildcards.teacher]["shards"]
+    base = f"{RESULTS}/teacher-scores/{wildcards.train}/{wildcards.miner}/{wildcards.teacher}"
+    return [f"{base}/shard-{i}-of-{shards}.parquet" for i in range(shards)]
+
+
 def all_targets():
-    return [f"{RESULTS}/tables/baselines.tsv", f"{RESULTS}/tables/baselines.md"]
+    targets = [f"{RESULTS}/tables/baselines.tsv", f"{RESULTS}/tables/baselines.md"]
+    if config["training_data"]:
+        targets += [
+            f"{RESULTS}/tables/training-data.tsv",
+            f"{RESULTS}/tables/training-data.md",
+        ]
+    return targets
 
 
 def dense_embeddings(wildcards):

@@ -1,0 +1,16 @@
+"""Rule mine_negatives: hard negatives from a first-stage run, NV-Retriever positive-aware."""
+
+from irflow import logs
+from irflow.training_data import write_negatives
+
+logs.to_file(snakemake.log[0])
+params = {k: v for k, v in snakemake.params.miner.items() if k not in ("retriever", "description")}
+write_negatives(
+    snakemake.input.queries,
+    snakemake.input.qrels,
+    snakemake.input.run,
+    snakemake.output.negatives,
+    snakemake.output.stats,
+    params={**params, "min_label": snakemake.params.min_label, "seed": snakemake.params.seed},
+    corpus_parquet=snakemake.input.corpus,
+)

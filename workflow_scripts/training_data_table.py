@@ -1,0 +1,12 @@
+"""Rule training_data_table: the statistics of every training-data artifact in one table."""
+
+from irflow import logs
+from irflow.training_data.table import training_data_table
+
+logs.to_file(snakemake.log[0])
+training_data_table(
+    list(snakemake.input),
+    snakemake.config["results_dir"],
+    snakemake.output.tsv,
+    snakemake.output.markdown,
+)
