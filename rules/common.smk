@@ -222,6 +222,12 @@ def training_data_stats_files():
     return list(dict.fromkeys(files))
 
 
+def selection_params(train):
+    """Only the training-set keys that decide which queries are selected (rerun trigger)."""
+    spec = config["training_sets"][train]
+    return {k: spec.get(k) for k in ("dataset", "min_label", "max_queries", "on_leak")}
+
+
 def training_dataset(wildcards):
     return config["training_sets"][wildcards.train]["dataset"]
 

@@ -22,7 +22,7 @@ rule select_training_queries:
     resources:
         **resources_for("select_training_queries"),
     params:
-        training_set=lambda wildcards: config["training_sets"][wildcards.train],
+        training_set=lambda wildcards: selection_params(wildcards.train),
         held_out=held_out_queries,
         seed=config["seed"],
     script:
@@ -49,9 +49,7 @@ rule mine_negatives:
         **resources_for("mine_negatives"),
     params:
         miner=lambda wildcards: config["miners"][wildcards.miner],
-        min_label=lambda wildcards: config["training_sets"][wildcards.train][
-            "min_label"
-        ],
+        training_set=lambda wildcards: config["training_sets"][wildcards.train],
         seed=config["seed"],
     script:
         "../workflow_scripts/mine_negatives.py"

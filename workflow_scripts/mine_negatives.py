@@ -11,6 +11,11 @@ write_negatives(
     snakemake.input.run,
     snakemake.output.negatives,
     snakemake.output.stats,
-    params={**params, "min_label": snakemake.params.min_label, "seed": snakemake.params.seed},
+    params={
+        **params,
+        "min_label": snakemake.params.training_set["min_label"],
+        "positives_without_text": snakemake.params.training_set["positives_without_text"],
+        "seed": snakemake.params.seed,
+    },
     corpus_parquet=snakemake.input.corpus,
 )

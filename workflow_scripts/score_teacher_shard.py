@@ -10,7 +10,7 @@ configure_threads(snakemake.threads)
 model = dict(snakemake.params.model)
 spec = TeacherSpec.from_config(
     snakemake.wildcards.teacher,
-    {k: v for k, v in snakemake.params.teacher.items() if k != "shards"},
+    {k: v for k, v in snakemake.params.teacher.items() if k not in ("shards", "chunk_samples")},
     ModelRef.from_config(model.pop("name"), model),
 )
 score_shard(
@@ -21,4 +21,5 @@ score_shard(
     snakemake.input.corpus,
     snakemake.input.queries,
     snakemake.output.shard,
+    chunk_samples=snakemake.params.teacher["chunk_samples"],
 )

@@ -48,17 +48,22 @@ def read_meta(path: str | os.PathLike, artifact: str | None = None) -> dict[str,
         raise InputError(f"{path}: no 'irflow' metadata; not written by irflow.training_data")
     meta = json.loads(raw)
     if artifact is not None and meta.get("artifact") != artifact:
-        raise InputError(
-            f"{path}: is a {meta.get('artifact')!r} artifact, expected {artifact!r}"
-        )
+        raise InputError(f"{path}: is a {meta.get('artifact')!r} artifact, expected {artifact!r}")
     return meta
+
+
+def _type_name(data_type: pa.DataType) -> str:
+    # Parquet renames a list's item field ("element"); only the value type matters.
+    if pa.types.is_list(data_type) or pa.types.is_large_list(data_type):
+        return f"list<{_type_name(data_type.value_type)}>"
+    return str(data_type)
 
 
 def check_columns(path: str | os.PathLike, expected: pa.Schema) -> None:
     """Refuse a Parquet file whose columns or types differ from ``expected``."""
     actual = pq.read_schema(path)
-    got = [(f.name, str(f.type)) for f in actual]
-    want = [(f.name, str(f.type)) for f in expected]
+    got = [(f.name, _type_name(f.type)) for f in actual]
+    want = [(f.name, _type_name(f.type)) for f in expected]
     if got != want:
         raise InputError(f"{path}: columns {got} do not match the expected {want}")
 

@@ -117,6 +117,7 @@ class MiningParams:
     absolute_margin: float | None = None
     missing_positive: Literal["keep", "drop"] = "keep"
     sampling: Literal["random", "top"] = "random"
+    positives_without_text: Literal["error", "drop"] = "error"
 
     def __post_init__(self):
         problems = []
@@ -133,6 +134,11 @@ class MiningParams:
             problems.append(f"absolute_margin must be finite, got {self.absolute_margin}")
         if self.missing_positive not in ("keep", "drop"):
             problems.append(f"missing_positive must be 'keep' or 'drop': {self.missing_positive!r}")
+        if self.positives_without_text not in ("error", "drop"):
+            problems.append(
+                f"positives_without_text must be 'error' or 'drop', got "
+                f"{self.positives_without_text!r}"
+            )
         if self.sampling not in ("random", "top"):
             problems.append(f"sampling must be 'random' or 'top', got {self.sampling!r}")
         if problems:
@@ -140,8 +146,9 @@ class MiningParams:
 
     @classmethod
     def from_config(cls, entry: dict[str, Any]) -> MiningParams:
-        known = set(cls.__dataclass_fields__)
-        unknown = sorted(set(entry) - known)
+        """Parameters from a config entry; ``description`` is ignored, unknown keys refused."""
+        entry = {k: v for k, v in entry.items() if k != "description"}
+        unknown = sorted(set(entry) - set(cls.__dataclass_fields__))
         if unknown:
             raise ValueError(f"hard-negative mining: unknown parameters {unknown}")
         return cls(**entry)
@@ -188,8 +195,9 @@ def _check_run_covers(pairs: dict[str, list[str]], run: dict[str, dict[str, floa
     if absent:
         problems.append(f"{len(absent)} training queries are not in the run: {absent[:SHOW]}")
     if empty:
-        problems.append(f"{len(empty)} training queries have an empty candidate list: "
-                        f"{empty[:SHOW]}")
+        problems.append(
+            f"{len(empty)} training queries have an empty candidate list: {empty[:SHOW]}"
+        )
     if problems:
         raise InputError(f"{name}: " + "; ".join(problems))
 
@@ -310,24 +318,43 @@ def mine_negatives(
     return table, stats
 
 
-def _check_corpus(corpus_parquet: str, pairs: dict[str, list[str]], run) -> int:
-    """Every positive and every run document of the training queries must be in the corpus."""
+def _check_corpus(
+    corpus_parquet: str, pairs: dict[str, list[str]], run, policy: str
+) -> dict[str, Any]:
+    """Check the positives and the run's documents against the corpus (see write_negatives).
+
+    Returns the stats of the check; with ``policy="drop"`` ``pairs`` loses the positives that
+    have no text (and queries left without positives).
+    """
     import pyarrow.parquet as pq
 
     ids = set(pq.read_table(corpus_parquet, columns=["doc_id"]).column("doc_id").to_pylist())
-    missing_pos = [(q, d) for q in sorted(pairs) for d in pairs[q] if d not in ids]
-    if missing_pos:
-        shown = ", ".join(f"{d!r} (query {q!r})" for q, d in missing_pos[:SHOW])
-        raise InputError(
-            f"{len(missing_pos)} positives are not in the corpus {corpus_parquet}: {shown}"
-        )
     missing_run = sorted({d for q in pairs for d in run.get(q, {}) if d not in ids})
     if missing_run:
         raise InputError(
             f"{len(missing_run)} documents of the run are not in the corpus {corpus_parquet}: "
             f"{missing_run[:SHOW]}"
         )
-    return len(ids)
+    missing_pos = [(q, d) for q in sorted(pairs) for d in pairs[q] if d not in ids]
+    if missing_pos and policy == "error":
+        shown = ", ".join(f"{d!r} (query {q!r})" for q, d in missing_pos[:SHOW])
+        raise InputError(
+            f"{len(missing_pos)} positives are not in the corpus {corpus_parquet}: {shown} "
+            f"(set positives_without_text: drop for collections that hold only some judged "
+            f"documents' text, such as the DL top-100 folders)"
+        )
+    emptied = []
+    for qid, doc in missing_pos:
+        pairs[qid].remove(doc)
+        if not pairs[qid]:
+            del pairs[qid]
+            emptied.append(qid)
+    return {
+        "corpus_documents": len(ids),
+        "positives_dropped_without_text": len(missing_pos),
+        "queries_dropped_without_positive_text": len(emptied),
+        "examples_dropped_without_text": [f"{q}/{d}" for q, d in missing_pos[:SHOW]],
+    }
 
 
 def write_negatives(
@@ -343,8 +370,11 @@ def write_negatives(
     """Mine hard negatives for a training set from files; write the Parquet and its stats.
 
     ``queries_parquet``/``qrels_path`` are the training set's (``prepare_topics`` outputs),
-    ``run_path`` its first-stage TREC run. With ``corpus_parquet`` every positive and run
-    document must be in the corpus (checked before anything is written). ``test_queries``
+    ``run_path`` its first-stage TREC run. With ``corpus_parquet`` every run document of the
+    training queries must be in the corpus, and so must every positive: a positive without
+    text is an :class:`InputError` (``positives_without_text="error"``) or is dropped and
+    counted (``"drop"``; for collections holding only some documents' text, e.g. the DL
+    top-100 folders), all checked before anything is written. ``test_queries``
     (``{test set name: queries.parquet}``) runs :func:`.pairs.check_leakage` first. Returns the
     stats that are also written to ``stats_json``.
     """
@@ -365,7 +395,9 @@ def write_negatives(
             {name: read_queries(str(path)) for name, path in test_queries.items()},
         )
     run = read_run_dict(run_path)
-    corpus_docs = _check_corpus(str(corpus_parquet), pairs, run) if corpus_parquet else None
+    corpus = None
+    if corpus_parquet:
+        corpus = _check_corpus(str(corpus_parquet), pairs, run, params.positives_without_text)
     stats = _new_stats(params)
     meta = {"artifact": "hard-negatives", "params": asdict(params)}
     with ParquetSink(out_parquet, NEGATIVES_SCHEMA, meta) as sink:
@@ -373,6 +405,6 @@ def write_negatives(
             sink.write(table)
     stats["pairs"] = pairs.stats
     stats["leakage_check"] = leakage
-    stats["corpus_documents"] = corpus_docs
+    stats["corpus_check"] = corpus
     write_json_atomic(stats_json, stats)
     return stats

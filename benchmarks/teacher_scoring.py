@@ -1,0 +1,570 @@
+"""Teacher-scoring benchmark: irflow's scorer against the plain library call, on CPU.
+
+What it measures
+    Pairs per second of scoring the same ~1,000 (query, BM25 candidate) pairs of TREC DL 2019
+    (``../shared/data/dl19-bm25-top100``: every (query, document) of the BM25 run, shuffled with
+    a fixed seed, the first ``--pairs``) with all-MiniLM-L6-v2 on ``--threads`` CPU threads:
+
+    bi-encoder     (a) the library default: ``SentenceTransformer.encode(queries)`` and
+                   ``encode(documents)`` (batch size 32, normalised), then the row-wise dot
+                   product; (b) ``irflow.training_data.teacher.BiEncoderTeacher.score``.
+    cross-encoder  ``CrossEncoder(<MiniLM path>)``: a MiniLM body with a *randomly initialised*
+                   one-label head (fine for throughput, meaningless scores); (a)
+                   ``CrossEncoder.predict(pairs, activation_fn=Identity())`` (batch size 32);
+                   (b) ``CrossEncoderTeacher.score``.
+
+    (a) and (b) alternate, ``--repeats`` times each after one warm-up; the figures are medians.
+    Scores of (b) must equal (a)'s within 1e-4 (the maximum difference is reported).
+
+    Achieved model FLOP/s: ``2 x non-embedding parameters x tokens`` per second, where tokens
+    are the real (unpadded) tokens of the texts the method runs through the model; the
+    approximation leaves out attention's score and mix products (``4 x layers x hidden x
+    sequence length`` per token, a few percent at these lengths) and counts padding as waste.
+    It is compared with the machine's fp32 ``torch.matmul`` rate (2048 x 2048, same threads).
+
+    Peak memory: the whole scoring stage (``score_shard`` on a samples Parquet, streaming in
+    chunks) in a fresh subprocess for 1k and 4k pairs; peak RSS of that process.
+
+How to run (from the repository root, with the project's virtual environment)
+    . .venv/bin/activate
+    HF_HUB_OFFLINE=1 python benchmarks/teacher_scoring.py            # ~10 min on 2 cores
+    HF_HUB_OFFLINE=1 python benchmarks/teacher_scoring.py --sweep    # + batch_tokens sweep
+
+    Other processes competing for the CPU distort wall times: the report records the load
+    average around every measurement and the process CPU time next to the wall time. Run it
+    when ``uptime`` shows a load well below the number of cores.
+
+Where results go
+    benchmarks/results/teacher_scoring.json   every figure, per run, machine and command line
+    benchmarks/results/teacher_scoring.md     a short summary
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import platform
+import random
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = ROOT / "benchmarks" / "results"
+DATA = ROOT.parent / "shared" / "data" / "dl19-bm25-top100"
+MODEL = ROOT / "resources" / "models" / "all-MiniLM-L6-v2"
+
+
+# ---------------------------------------------------------------------------------------------
+# Data
+# ---------------------------------------------------------------------------------------------
+def load_pairs(n: int, seed: int) -> tuple[list[str], list[str], list[tuple[str, str]]]:
+    docs, queries = {}, {}
+    with open(DATA / "corpus.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            r = json.loads(line)
+            docs[r["_id"]] = f"{r['title']} {r['text']}".strip() if r.get("title") else r["text"]
+    with open(DATA / "queries.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            r = json.loads(line)
+            queries[r["_id"]] = r["text"]
+    ids = []
+    with open(DATA / "runs" / "bm25.trec", encoding="utf-8") as handle:
+        for line in handle:
+            qid, _, docid, *_ = line.split()
+            ids.append((qid, docid))
+    random.Random(seed).shuffle(ids)
+    ids = ids[:n]
+    return [queries[q] for q, _ in ids], [docs[d] for _, d in ids], ids
+
+
+def real_tokens(tokenizer, texts, max_length, pairs_with=None) -> int:
+    if pairs_with is None:
+        enc = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    else:
+        enc = tokenizer(texts, pairs_with, truncation="longest_first", max_length=max_length)[
+            "input_ids"
+        ]
+    return sum(len(x) for x in enc)
+
+
+def non_embedding_params(model) -> int:
+    total = 0
+    for name, param in model.named_parameters():
+        if "embeddings" not in name:
+            total += param.numel()
+    return total
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurements
+# ---------------------------------------------------------------------------------------------
+def timed(fn) -> tuple[Any, dict[str, float]]:
+    load_before = os.getloadavg()[0]
+    cpu0, wall0 = time.process_time(), time.perf_counter()
+    out = fn()
+    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
+    return out, {"wall_s": wall, "cpu_s": cpu, "load_1min_before": load_before}
+
+
+def matmul_flops(threads: int, size: int = 2048, repeats: int = 10) -> dict[str, float]:
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    for _ in range(3):
+        a @ b
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        a @ b
+        times.append(time.perf_counter() - start)
+    flop = 2 * size**3
+    return {
+        "size": size,
+        "median_flop_per_s": flop / statistics.median(times),
+        "best_flop_per_s": flop / min(times),
+    }
+
+
+def compare(kind: str, queries, docs, repeats: int, threads: int) -> dict[str, Any]:
+    import torch
+
+    from irflow.models import ModelRef
+    from irflow.training_data.teacher import (
+        BiEncoderTeacher,
+        CrossEncoderTeacher,
+        TeacherSpec,
+        _unique,
+    )
+
+    torch.set_num_threads(threads)
+    ref = ModelRef("minilm-l6", path=str(MODEL))
+    spec = TeacherSpec(name="minilm-l6", kind=kind, model=ref)
+    if kind == "bi-encoder":
+        from sentence_transformers import SentenceTransformer
+
+        model = SentenceTransformer(str(MODEL), device="cpu")
+        teacher = BiEncoderTeacher(spec, model, "cpu")
+        tok, limit = model.tokenizer, model.max_seq_length
+
+        def library():
+            q = model.encode(queries, normalize_embeddings=True, show_progress_bar=False)
+            d = model.encode(docs, normalize_embeddings=True, show_progress_bar=False)
+            return (q * d).sum(axis=1)
+
+        lib_tokens = real_tokens(tok, queries, limit) + real_tokens(tok, docs, limit)
+        ours_tokens = real_tokens(tok, _unique(queries)[0], limit) + real_tokens(
+            tok, _unique(docs)[0], limit
+        )
+        body = model[0].auto_model
+    else:
+        from sentence_transformers import CrossEncoder
+
+        torch.manual_seed(0)
+        model = CrossEncoder(str(MODEL), num_labels=1, device="cpu")
+        teacher = CrossEncoderTeacher(spec, model, "cpu")
+        tok, limit = model.tokenizer, model.max_seq_length
+        pairs = list(zip(queries, docs, strict=True))
+
+        def library():
+            return model.predict(pairs, activation_fn=torch.nn.Identity(), show_progress_bar=False)
+
+        lib_tokens = real_tokens(tok, queries, limit, docs)
+        unique = _unique(pairs)[0]
+        ours_tokens = real_tokens(tok, [q for q, _ in unique], limit, [d for _, d in unique])
+        body = model[0].auto_model
+
+    def ours():
+        return teacher.score(queries, docs)
+
+    params = non_embedding_params(body)
+    # Warm-up (allocator, oneDNN kernels) on a slice, not timed.
+    model_warm = queries[:64], docs[:64]
+    teacher.score(*model_warm)
+    runs: dict[str, list[dict[str, float]]] = {"library": [], "irflow": []}
+    outputs: dict[str, np.ndarray] = {}
+    for repeat in range(repeats):
+        order = (("library", library), ("irflow", ours))
+        for name, fn in order if repeat % 2 == 0 else order[::-1]:
+            out, timing = timed(fn)
+            outputs[name] = np.asarray(out, dtype=np.float32)
+            timing["pairs_per_s"] = len(queries) / timing["wall_s"]
+            runs[name].append(timing)
+            print(f"  {kind} {name} repeat {repeat}: {timing}", flush=True)
+    teacher.counters.__init__()
+    teacher.score(queries, docs)
+    counters = teacher.counters.as_dict()
+    result: dict[str, Any] = {
+        "pairs": len(queries),
+        "non_embedding_params": params,
+        "max_abs_score_difference": float(np.abs(outputs["library"] - outputs["irflow"]).max()),
+        "irflow_counters": counters,
+        "irflow_batch_tokens": teacher.batch_tokens,
+        "irflow_max_batch": spec.max_batch,
+        "runs": runs,
+    }
+    for name, tokens in (("library", lib_tokens), ("irflow", ours_tokens)):
+        wall = statistics.median(r["wall_s"] for r in runs[name])
+        cpu = statistics.median(r["cpu_s"] for r in runs[name])
+        result[name] = {
+            "median_wall_s": wall,
+            "median_cpu_s": cpu,
+            "median_pairs_per_s": len(queries) / wall,
+            "model_tokens": tokens,
+            "model_flop_per_s": 2 * params * tokens / wall,
+        }
+    result["speedup"] = result["library"]["median_wall_s"] / result["irflow"]["median_wall_s"]
+    result["speedup_cpu_time"] = (
+        result["library"]["median_cpu_s"] / result["irflow"]["median_cpu_s"]
+    )
+    return result
+
+
+def sweep(queries, docs, threads: int, budgets: list[int]) -> list[dict[str, Any]]:
+    import torch
+    from sentence_transformers import SentenceTransformer
+
+    from irflow.models import ModelRef
+    from irflow.training_data.teacher import BiEncoderTeacher, TeacherSpec
+
+    torch.set_num_threads(threads)
+    model = SentenceTransformer(str(MODEL), device="cpu")
+    out = []
+    for budget in budgets:
+        spec = TeacherSpec(
+            name="minilm-l6",
+            kind="bi-encoder",
+            model=ModelRef("minilm-l6", path=str(MODEL)),
+            batch_tokens=budget,
+        )
+        teacher = BiEncoderTeacher(spec, model, "cpu")
+        teacher.score(queries[:32], docs[:32])
+        _, timing = timed(lambda t=teacher: t.score(queries, docs))
+        timing["batch_tokens"] = budget
+        timing["pairs_per_s"] = len(queries) / timing["wall_s"]
+        print(f"  sweep {timing}", flush=True)
+        out.append(timing)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory of the scoring stage, one fresh process per size
+# ---------------------------------------------------------------------------------------------
+CHILD = r"""
+import json, resource, sys, threading, time
+import psutil, torch
+torch.set_num_threads(int(sys.argv[5]))
+from irflow.models import ModelRef
+from irflow.training_data.teacher import TeacherSpec, load_teacher, score_shard
+spec = TeacherSpec(name="minilm-l6", kind="bi-encoder", model=ModelRef("m", path=sys.argv[4]))
+teacher = load_teacher(spec, "cpu")
+teacher.score(["warm up"], ["the model once"])
+process = psutil.Process()
+loaded = process.memory_info().rss
+peak = [loaded]
+done = threading.Event()
+def sample():
+    while not done.wait(0.005):
+        peak[0] = max(peak[0], process.memory_info().rss)
+sampler = threading.Thread(target=sample, daemon=True)
+sampler.start()
+start = time.perf_counter()
+stats = score_shard(sys.argv[1], 0, 1, teacher, sys.argv[2], sys.argv[3], sys.argv[6])
+wall = time.perf_counter() - start
+done.set()
+sampler.join()
+peak[0] = max(peak[0], process.memory_info().rss)
+print(json.dumps({
+    "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    "rss_after_model_load_mb": loaded / 2**20,
+    "peak_rss_while_scoring_mb": peak[0] / 2**20,
+    "scoring_growth_mb": (peak[0] - loaded) / 2**20,
+    "wall_s": wall, "pairs": stats["pairs"], "samples": stats["samples"],
+}))
+"""
+
+
+def memory_runs(sizes: list[int], threads: int, seed: int) -> list[dict[str, Any]]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from irflow.data import CORPUS_SCHEMA, QUERIES_SCHEMA
+
+    out = []
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        docs, queries = [], {}
+        with open(DATA / "corpus.jsonl", encoding="utf-8") as handle:
+            for line in handle:
+                r = json.loads(line)
+                docs.append((r["_id"], r.get("title") or "", r["text"]))
+        with open(DATA / "queries.jsonl", encoding="utf-8") as handle:
+            for line in handle:
+                r = json.loads(line)
+                queries[r["_id"]] = r["text"]
+        pq.write_table(
+            pa.table(
+                {k: [d[i] for d in docs] for i, k in enumerate(["doc_id", "title", "text"])},
+                schema=CORPUS_SCHEMA,
+            ),
+            tmp / "corpus.parquet",
+        )
+        ids = sorted(queries)
+        pq.write_table(
+            pa.table({"query_id": ids, "text": [queries[q] for q in ids]}, schema=QUERIES_SCHEMA),
+            tmp / "queries.parquet",
+        )
+        by_query: dict[str, list[str]] = {}
+        with open(DATA / "runs" / "bm25.trec", encoding="utf-8") as handle:
+            for line in handle:
+                qid, _, docid, *_ = line.split()
+                by_query.setdefault(qid, []).append(docid)
+        # Samples of 16 pairs: a "positive" and 15 "negatives" from one query's run.
+        samples = [
+            (qid, run[i], run[i + 1 : i + 16])
+            for qid, run in by_query.items()
+            for i in range(0, len(run) - 15, 16)
+        ]
+        random.Random(seed).shuffle(samples)
+        for pairs in sizes:
+            chosen = samples[: pairs // 16]
+            table = pa.table(
+                {
+                    "query_id": [s[0] for s in chosen],
+                    "pos_id": [s[1] for s in chosen],
+                    "neg_ids": [s[2] for s in chosen],
+                }
+            )
+            path = tmp / f"samples-{pairs}.parquet"
+            pq.write_table(table, path)
+            proc = subprocess.run(
+                [
+                    sys.executable,
+                    "-c",
+                    CHILD,
+                    str(path),
+                    str(tmp / "corpus.parquet"),
+                    str(tmp / "queries.parquet"),
+                    str(MODEL),
+                    str(threads),
+                    str(tmp / f"scores-{pairs}.parquet"),
+                ],
+                capture_output=True,
+                text=True,
+                check=True,
+                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            )
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            result["requested_pairs"] = pairs
+            print(f"  memory {result}", flush=True)
+            out.append(result)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Report
+# ---------------------------------------------------------------------------------------------
+def machine(threads: int) -> dict[str, Any]:
+    import sentence_transformers
+    import torch
+    import transformers
+
+    model_name = platform.processor() or "unknown"
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    model_name = line.split(":", 1)[1].strip()
+                    break
+    except OSError:
+        pass
+    flags = ""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            flags = next((ln for ln in handle if ln.startswith("flags")), "")
+    except OSError:
+        pass
+    return {
+        "cpu_model": model_name,
+        "logical_cpus": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0)),
+        "avx512": "avx512f" in flags,
+        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
+        "os": platform.platform(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torch_threads": threads,
+        "transformers": transformers.__version__,
+        "sentence_transformers": sentence_transformers.__version__,
+        "numpy": np.__version__,
+    }
+
+
+def write_markdown(report: dict[str, Any], path: Path) -> None:
+    m = report["machine"]
+    peak = report["matmul"]["median_flop_per_s"]
+    lines = [
+        "# Teacher-scoring benchmark: irflow scorer vs the library default (CPU)",
+        "",
+        f"Generated {report['generated']} by `benchmarks/teacher_scoring.py` "
+        f"(`{' '.join(report['argv'])}`).",
+        "",
+        "## Machine",
+        "",
+        f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable), "
+        f"AVX-512: {'yes' if m['avx512'] else 'no'}; memory {m['memory_gb']} GB",
+        f"- torch {m['torch']} ({m['torch_threads']} threads), transformers "
+        f"{m['transformers']}, sentence-transformers {m['sentence_transformers']}, "
+        f"Python {m['python']}",
+        f"- fp32 `torch.matmul` 2048x2048 on {m['torch_threads']} threads: "
+        f"{peak / 1e9:.1f} GFLOP/s (median of 10; best "
+        f"{report['matmul']['best_flop_per_s'] / 1e9:.1f})",
+        f"- Load average (1, 5, 15 min) before / after: {report['load_before']} / "
+        f"{report['load_after']} (other work sharing the CPUs inflates wall times)",
+        "",
+        "## Throughput",
+        "",
+        f"{report['pairs']} (query, BM25 candidate) pairs of TREC DL 2019, shuffled with seed "
+        f"{report['seed']}; all-MiniLM-L6-v2 (max_seq_length 256); median of "
+        f"{report['repeats']} alternating runs after a warm-up. Library default: batch size 32, "
+        "length-sorted by characters. irflow: dedupe within the chunk, token-length sort, "
+        "batches by token budget.",
+        "",
+        "| teacher | method | pairs/s | wall s | CPU s | model tokens | model GFLOP/s | "
+        "share of matmul peak | max abs score diff | speedup (wall) | speedup (CPU time) |",
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for kind, res in report["compare"].items():
+        for name in ("library", "irflow"):
+            r = res[name]
+            lines.append(
+                f"| {kind} | {name} | {r['median_pairs_per_s']:.1f} | {r['median_wall_s']:.2f} | "
+                f"{r['median_cpu_s']:.2f} | {r['model_tokens']} | "
+                f"{r['model_flop_per_s'] / 1e9:.1f} | {r['model_flop_per_s'] / peak:.0%} | "
+                + (
+                    f"{res['max_abs_score_difference']:.2e} | **{res['speedup']:.2f}x** | "
+                    f"{res['speedup_cpu_time']:.2f}x |"
+                    if name == "irflow"
+                    else " | | |"
+                )
+            )
+    lines += [
+        "",
+        "Model FLOP/s = 2 x non-embedding parameters x real (unpadded) tokens of the texts the "
+        "method runs through the model / wall time; attention's score and mix products are "
+        "left out (a few percent at these lengths) and padding counts as waste. The library "
+        "runs every pair's query (bi-encoder) through the model; irflow each distinct query "
+        "once, so its token count is lower for the same pairs.",
+        "",
+    ]
+    for kind, res in report["compare"].items():
+        c = res["irflow_counters"]
+        lines.append(
+            f"- {kind}: irflow ran {c['model_inputs']} inputs in {c['batches']} batches, "
+            f"{c['tokens']} real / {c['padded_tokens']} padded tokens "
+            f"(batch_tokens {res['irflow_batch_tokens']}, max_batch {res['irflow_max_batch']})."
+        )
+    if report.get("sweep"):
+        lines += [
+            "",
+            "## batch_tokens sweep (bi-encoder, one run each)",
+            "",
+            "| batch_tokens | pairs/s | wall s | load before |",
+            "|---:|---:|---:|---:|",
+        ]
+        lines += [
+            f"| {s['batch_tokens']} | {s['pairs_per_s']:.1f} | {s['wall_s']:.2f} | "
+            f"{s['load_1min_before']:.2f} |"
+            for s in report["sweep"]
+        ]
+    lines += [
+        "",
+        "## Peak memory of the scoring stage (bi-encoder, `score_shard`, fresh process)",
+        "",
+        "| pairs | samples | peak RSS MB (process) | RSS after model load MB | "
+        "peak RSS while scoring MB | growth while scoring MB | wall s |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    lines += [
+        f"| {r['pairs']} | {r['samples']} | {r['peak_rss_mb']:.0f} | "
+        f"{r['rss_after_model_load_mb']:.0f} | {r['peak_rss_while_scoring_mb']:.0f} | "
+        f"{r['scoring_growth_mb']:.0f} | {r['wall_s']:.1f} |"
+        for r in report["memory"]
+    ]
+    lines += [
+        "",
+        "Samples are 16 pairs (one query, 16 of its BM25 candidates); the stage streams "
+        "chunks of 256 samples, so only one chunk's texts and embeddings are held at a time. "
+        "The process peak is set while the model loads; the growth column is the scoring "
+        "stage's own (RSS sampled every 5 ms, minus the RSS after loading and one warm-up).",
+        "",
+    ]
+    path.write_text("\n".join(lines))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--pairs", type=int, default=1000)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--kinds", nargs="+", default=["bi-encoder", "cross-encoder"])
+    parser.add_argument("--memory-pairs", type=int, nargs="*", default=[1000, 4000])
+    parser.add_argument("--sweep", action="store_true", help="also sweep batch_tokens")
+    parser.add_argument("--out", type=Path, default=RESULTS)
+    args = parser.parse_args()
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    sys.path.insert(0, str(ROOT / "src"))
+    if not MODEL.is_dir():
+        sys.exit(f"{MODEL} is missing: run scripts/setup.sh")
+    queries, docs, _ = load_pairs(args.pairs, args.seed)
+    report: dict[str, Any] = {
+        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "argv": [Path(sys.argv[0]).as_posix(), *sys.argv[1:]],
+        "pairs": len(queries),
+        "distinct_queries": len(set(queries)),
+        "distinct_documents": len(set(docs)),
+        "seed": args.seed,
+        "repeats": args.repeats,
+        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "machine": machine(args.threads),
+    }
+    print("matmul", flush=True)
+    report["matmul"] = matmul_flops(args.threads)
+    report["compare"] = {}
+    for kind in args.kinds:
+        print(kind, flush=True)
+        report["compare"][kind] = compare(kind, queries, docs, args.repeats, args.threads)
+    if args.sweep:
+        print("sweep", flush=True)
+        report["sweep"] = sweep(queries, docs, args.threads, [2048, 4096, 8192, 16384, 32768])
+    print("memory", flush=True)
+    report["memory"] = memory_runs(args.memory_pairs, args.threads, args.seed)
+    report["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    report["peak_rss_mb_benchmark_process"] = (
+        resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "teacher_scoring.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_markdown(report, args.out / "teacher_scoring.md")
+    for kind, res in report["compare"].items():
+        print(
+            f"{kind}: library {res['library']['median_pairs_per_s']:.1f} pairs/s, irflow "
+            f"{res['irflow']['median_pairs_per_s']:.1f} pairs/s, speedup {res['speedup']:.2f}x, "
+            f"max diff {res['max_abs_score_difference']:.1e}"
+        )
+
+
+if __name__ == "__main__":
+    main()
