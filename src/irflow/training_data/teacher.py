@@ -588,7 +588,7 @@ class CorpusTexts:
         self.table = (
             pa.concat_tables(parts).combine_chunks()
             if parts
-            else pa.table({"doc_id": [], "title": [], "text": []}, schema=parquet.schema_arrow)
+            else parquet.schema_arrow.empty_table().select(["doc_id", "title", "text"])
         )
         self.row = {d: i for i, d in enumerate(self.table.column("doc_id").to_pylist())}
         self.missing = sorted(set(needed.to_pylist()) - set(self.row))
