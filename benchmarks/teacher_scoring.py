@@ -265,6 +265,7 @@ import json, sys, threading, time
 import psutil, torch
 torch.set_num_threads(int(sys.argv[5]))
 from irflow.models import ModelRef
+import irflow.training_data.teacher as scoring
 from irflow.training_data.teacher import TeacherSpec, load_teacher, score_shard
 spec = TeacherSpec(name="minilm-l6", kind="bi-encoder", model=ModelRef("m", path=sys.argv[4]))
 teacher = load_teacher(spec, "cpu")
@@ -278,6 +279,16 @@ def sample():
         peak[0] = max(peak[0], process.memory_info().rss)
 sampler = threading.Thread(target=sample, daemon=True)
 sampler.start()
+chunk_peaks = []
+score_chunk = scoring._score_chunk
+def traced(*args, **kwargs):
+    before = peak[0]
+    peak[0] = process.memory_info().rss
+    out = score_chunk(*args, **kwargs)
+    chunk_peaks.append(max(peak[0], process.memory_info().rss) / 2**20)
+    peak[0] = max(before, peak[0])
+    return out
+scoring._score_chunk = traced
 start = time.perf_counter()
 stats = score_shard(
     sys.argv[1], 0, 1, teacher, sys.argv[2], sys.argv[3], sys.argv[6],
@@ -296,6 +307,7 @@ print(json.dumps({
     "peak_rss_while_scoring_mb": peak[0] / 2**20,
     "scoring_growth_mb": (peak[0] - loaded) / 2**20,
     "wall_s": wall, "pairs": stats["pairs"], "samples": stats["samples"],
+    "chunk_peak_rss_mb": [round(x, 1) for x in chunk_peaks],
 }))
 """
 
@@ -441,6 +453,10 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"{report['matmul']['best_flop_per_s'] / 1e9:.1f})",
         f"- Load average (1, 5, 15 min) before / after: {report['load_before']} / "
         f"{report['load_after']} (other work sharing the CPUs inflates wall times)",
+        *(
+            f"- The {part} figures come from the run of {when} (same script)"
+            for part, when in report.get("carried_over", {}).items()
+        ),
         "",
         "## Throughput",
         "",
@@ -511,6 +527,14 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         f"{r['scoring_growth_mb']:.0f} | {r['wall_s']:.1f} |"
         for r in report["memory"]
     ]
+    for r in report["memory"]:
+        peaks = r.get("chunk_peak_rss_mb") or []
+        if len(peaks) >= 4:
+            lines.append(
+                f"\n{r['pairs']} pairs, {len(peaks)} chunks: peak RSS per chunk, first four "
+                f"{[round(x) for x in peaks[:4]]} MB, last four {[round(x) for x in peaks[-4:]]} "
+                f"MB, max {max(peaks):.0f} MB."
+            )
     lines += [
         "",
         "Samples are 16 pairs (one query, 16 of its BM25 candidates). These runs use chunks "
@@ -540,6 +564,13 @@ def main() -> None:
         help="chunk size of the memory runs (16 samples = 256 pairs, so 1k pairs are 4 chunks)",
     )
     parser.add_argument("--sweep", action="store_true", help="also sweep batch_tokens")
+    parser.add_argument(
+        "--parts",
+        nargs="+",
+        choices=["compare", "sweep", "memory"],
+        default=["compare", "sweep", "memory"],
+        help="parts to run; the others are carried over from the existing JSON (if any)",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -559,19 +590,37 @@ def main() -> None:
         "load_before": [round(x, 2) for x in os.getloadavg()],
         "machine": machine(args.threads),
     }
+    previous_path = args.out / "teacher_scoring.json"
+    previous = json.loads(previous_path.read_text()) if previous_path.exists() else {}
+    report["carried_over"] = {}
+
+    def carry(part: str) -> None:
+        if part in previous:
+            report[part] = previous[part]
+            report["carried_over"][part] = previous.get("generated")
+
     print("matmul", flush=True)
     report["matmul"] = matmul_flops(args.threads)
-    report["compare"] = {}
-    for kind in args.kinds:
-        print(kind, flush=True)
-        report["compare"][kind] = compare(kind, queries, docs, args.repeats, args.threads)
-    if args.sweep:
+    if "compare" in args.parts:
+        report["compare"] = {}
+        for kind in args.kinds:
+            print(kind, flush=True)
+            report["compare"][kind] = compare(kind, queries, docs, args.repeats, args.threads)
+    else:
+        carry("compare")
+        carry("matmul")
+    if args.sweep and "sweep" in args.parts:
         print("sweep", flush=True)
         report["sweep"] = sweep(queries, docs, args.threads, [2048, 4096, 8192, 16384, 32768])
-    print("memory", flush=True)
-    report["memory"] = memory_runs(
-        args.memory_pairs, args.threads, args.seed, args.memory_chunk_samples
-    )
+    else:
+        carry("sweep")
+    if "memory" in args.parts:
+        print("memory", flush=True)
+        report["memory"] = memory_runs(
+            args.memory_pairs, args.threads, args.seed, args.memory_chunk_samples
+        )
+    else:
+        carry("memory")
     report["load_after"] = [round(x, 2) for x in os.getloadavg()]
     report["peak_rss_mb_benchmark_process"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -579,7 +628,7 @@ def main() -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "teacher_scoring.json").write_text(json.dumps(report, indent=2) + "\n")
     write_markdown(report, args.out / "teacher_scoring.md")
-    for kind, res in report["compare"].items():
+    for kind, res in report.get("compare", {}).items():
         print(
             f"{kind}: library {res['library']['median_pairs_per_s']:.1f} pairs/s, irflow "
             f"{res['irflow']['median_pairs_per_s']:.1f} pairs/s, speedup {res['speedup']:.2f}x, "
