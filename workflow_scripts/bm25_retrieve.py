@@ -1,10 +1,10 @@
 """Rule bm25_retrieve: BM25 top-k for a dataset's queries."""
 
-from irflow import bm25, logs
+from irflow import bm25, job
 from irflow.data import read_queries
 from irflow.io import write_trec_run
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 run = bm25.retrieve(
     snakemake.input.index,
     read_queries(snakemake.input.queries),

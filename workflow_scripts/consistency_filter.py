@@ -1,9 +1,9 @@
 """Rule consistency_filter: drop negatives (or samples) the teacher scores above the positive."""
 
-from irflow import logs
+from irflow import job
 from irflow.training_data import filter_consistency
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 filter_consistency(
     snakemake.input.scores,
     snakemake.output.filtered,

@@ -1,12 +1,12 @@
 """Rule dense_retrieve: exact inner-product top-k over the corpus embeddings."""
 
-from irflow import logs
+from irflow import job
 from irflow.data import read_queries
 from irflow.dense import dense_retrieve
 from irflow.io import write_trec_run
 from irflow.models import ModelRef, configure_threads, load_sentence_transformer, pick_device
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 configure_threads(snakemake.threads)
 spec = dict(snakemake.params.model)
 model = load_sentence_transformer(ModelRef.from_config(spec.pop("name"), spec), pick_device())

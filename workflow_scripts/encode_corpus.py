@@ -1,10 +1,10 @@
 """Rule encode_corpus: L2-normalised bi-encoder embeddings of every document."""
 
-from irflow import logs
+from irflow import job
 from irflow.dense import encode_corpus
 from irflow.models import ModelRef, configure_threads, load_sentence_transformer, pick_device
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 configure_threads(snakemake.threads)
 spec = dict(snakemake.params.model)
 model = load_sentence_transformer(ModelRef.from_config(spec.pop("name"), spec), pick_device())

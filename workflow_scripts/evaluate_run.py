@@ -1,10 +1,10 @@
 """Rule evaluate_run: mean and per-query metrics of one run (ir-measures / trec_eval)."""
 
-from irflow import logs
+from irflow import job
 from irflow.evaluate import DEFAULT_MEASURES, evaluate_run, write_metrics
 from irflow.io import read_qrels, read_run_dict
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 mean, per_query = evaluate_run(
     read_run_dict(snakemake.input.run),
     read_qrels(snakemake.input.qrels),

@@ -1,9 +1,9 @@
 """Rule given_candidates: the dataset's own first-stage run as a TREC run file."""
 
-from irflow import logs
+from irflow import job
 from irflow.data import DatasetSource, write_candidates
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 source = dict(snakemake.params.source)
 write_candidates(
     DatasetSource.from_config(source.pop("name"), source),

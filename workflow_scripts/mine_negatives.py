@@ -1,9 +1,9 @@
 """Rule mine_negatives: hard negatives from a first-stage run, NV-Retriever positive-aware."""
 
-from irflow import logs
+from irflow import job
 from irflow.training_data import write_negatives
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 params = {k: v for k, v in snakemake.params.miner.items() if k not in ("retriever", "description")}
 write_negatives(
     snakemake.input.queries,

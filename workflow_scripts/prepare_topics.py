@@ -1,9 +1,9 @@
 """Rule prepare_topics: write a dataset's judged queries and its qrels, with a manifest."""
 
-from irflow import logs
+from irflow import job
 from irflow.data import DatasetSource, write_topics
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 source = dict(snakemake.params.source)
 write_topics(
     DatasetSource.from_config(source.pop("name"), source),

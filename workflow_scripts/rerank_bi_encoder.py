@@ -1,12 +1,12 @@
 """Rule rerank_bi_encoder: rescore the top candidates of a run by bi-encoder cosine."""
 
-from irflow import logs
+from irflow import job
 from irflow.data import read_queries
 from irflow.dense import rerank_candidates
 from irflow.io import read_run_dict, write_trec_run
 from irflow.models import ModelRef, configure_threads, load_sentence_transformer, pick_device
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 configure_threads(snakemake.threads)
 spec = dict(snakemake.params.model)
 model = load_sentence_transformer(ModelRef.from_config(spec.pop("name"), spec), pick_device())

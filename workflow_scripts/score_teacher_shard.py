@@ -1,11 +1,11 @@
 """Rule score_teacher_shard: teacher scores of one shard of the mined samples."""
 
-from irflow import logs
+from irflow import job
 from irflow.models import ModelRef, configure_threads
 from irflow.training_data import TeacherSpec
 from irflow.training_data.teacher import score_shard
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 configure_threads(snakemake.threads)
 model = dict(snakemake.params.model)
 spec = TeacherSpec.from_config(

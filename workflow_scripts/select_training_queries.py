@@ -1,9 +1,9 @@
 """Rule select_training_queries: a training set's queries with positives, leakage-checked."""
 
-from irflow import logs
+from irflow import job
 from irflow.training_data.selection import select_training_queries
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 spec = snakemake.params.training_set
 select_training_queries(
     snakemake.input.queries,

@@ -1,9 +1,9 @@
 """Rule training_data_table: the statistics of every training-data artifact in one table."""
 
-from irflow import logs
+from irflow import job
 from irflow.training_data.table import training_data_table
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 training_data_table(
     list(snakemake.input),
     snakemake.config["results_dir"],

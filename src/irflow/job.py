@@ -1,0 +1,132 @@
+"""The first line of every workflow script: ``job.start(snakemake)``.
+
+It sends the job's logging (and stray stderr) to the rule's log file with credentials redacted,
+and registers an exit hook that writes the job's provenance record
+(``<results>/provenance/<rule>/<key>.json``, see :mod:`irflow.provenance`) once the script has
+finished successfully, i.e. raised nothing and left every declared output in place. A failed
+job leaves no record, just as it leaves no output.
+
+This module reads the ``snakemake`` object only to turn it into plain values; everything else
+lives in :mod:`irflow.provenance`.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+from irflow import logs, provenance
+
+log = logging.getLogger(__name__)
+
+
+class RedactingStream:
+    """A text stream wrapper that blanks credentials before they reach the log file."""
+
+    def __init__(self, stream, secrets: list[str]):
+        self._stream = stream
+        self._secrets = secrets
+
+    def write(self, text: str) -> int:
+        self._stream.write(provenance.redact_text(text, self._secrets))
+        return len(text)
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
+def _named_paths(namedlist) -> list[tuple[str | None, str]]:
+    """(name, path) of every entry of a Snakemake Namedlist (None for unnamed entries)."""
+    names: dict[int, str] = {}
+    for name, span in getattr(namedlist, "_names", {}).items():
+        start, end = span
+        for index in range(start, (end if end is not None else start + 1)):
+            names[index] = name
+    return [(names.get(i), str(path)) for i, path in enumerate(namedlist)]
+
+
+def _items(namedlist) -> dict:
+    if hasattr(namedlist, "items"):
+        return dict(namedlist.items())
+    return {}
+
+
+class _Job:
+    def __init__(self, snakemake, repo: Path):
+        self.snakemake = snakemake
+        self.repo = repo
+        self.started = provenance.now_iso()
+        self.t0 = time.monotonic()
+        self.failed = False
+        self.written: Path | None = None
+
+    def mark_failed(self, *exc_info) -> None:
+        self.failed = True
+        self._previous_hook(*exc_info)
+
+    def finish(self) -> None:
+        """Exit hook: write the record if the job succeeded; never turn success into failure."""
+        smk = self.snakemake
+        outputs = _named_paths(smk.output)
+        if self.failed or not all(os.path.exists(path) for _, path in outputs):
+            return
+        try:
+            config = dict(smk.config or {})
+            record = provenance.build_record(
+                rule=smk.rule,
+                wildcards=_items(smk.wildcards),
+                params=_items(smk.params),
+                inputs=_named_paths(smk.input),
+                outputs=outputs,
+                repo_path=self.repo,
+                config=config,
+                threads=smk.threads,
+                started=self.started,
+                ended=provenance.now_iso(),
+                wall_s=time.monotonic() - self.t0,
+                log=smk.log[0] if len(smk.log) else None,
+            )
+            key = "/".join(str(v) for v in _items(smk.wildcards).values())
+            path = provenance.record_path(
+                config.get("results_dir", "results"),
+                smk.log[0] if len(smk.log) else None,
+                smk.rule,
+                key,
+            )
+            provenance.write_record(path, record)
+            self.written = path
+            log.info("provenance record: %s", path)
+        except Exception:  # noqa: BLE001 (the job's outputs are fine; say so loudly in the log)
+            log.exception("could not write the provenance record")
+
+
+_current: _Job | None = None
+
+
+def start(snakemake, level: int = logging.INFO) -> _Job:
+    """Set up the job: logging to the rule's log (redacted), provenance on successful exit.
+
+    Call it first in every workflow script: ``from irflow import job; job.start(snakemake)``.
+    Returns the job handle (its ``finish`` runs at exit; tests may call it directly).
+    """
+    global _current
+    log_file = snakemake.log[0] if len(snakemake.log) else None
+    logs.to_file(log_file, level=level)
+    secrets = provenance.environment_secrets()
+    sys.stderr = RedactingStream(sys.stderr, secrets)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.StreamHandler):
+            handler.setStream(sys.stderr)
+
+    # The workflow repository: workflow_scripts/ sits at its root.
+    scriptdir = getattr(snakemake, "scriptdir", None) or os.getcwd()
+    job = _Job(snakemake, Path(scriptdir))
+    job._previous_hook = sys.excepthook
+    sys.excepthook = job.mark_failed
+    atexit.register(job.finish)
+    _current = job
+    return job
