@@ -91,6 +91,8 @@ LABEL org.opencontainers.image.title="irflow-torch" \
       io.irflow.vcs.dirty="${VCS_DIRTY}" \
       io.irflow.lock.file="envs/requirements.lock" \
       io.irflow.lock.sha256="${LOCK_SHA256}"
+# Read by irflow.provenance: every job run inside the image records which image it was.
+ENV IRFLOW_IMAGE_FAMILY="torch" IRFLOW_IMAGE_VERSION="${VERSION}" IRFLOW_IMAGE_REVISION="${VCS_REF}" IRFLOW_IMAGE_LOCK_SHA256="${LOCK_SHA256}"
 ENV PATH=/opt/venv/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
     LANG=C.UTF-8 \
     HF_HUB_OFFLINE=1 \
