@@ -1,0 +1,16 @@
+"""Rule study_table: one study's arms side by side with paired tests and per-query deltas."""
+
+from irflow import logs
+from irflow.studies import write_study_table
+
+logs.to_file(snakemake.log[0])
+write_study_table(
+    snakemake.wildcards.study,
+    dict(snakemake.params.spec),
+    [tuple(row) for row in snakemake.params.rows],
+    list(snakemake.input),
+    snakemake.output.tsv,
+    snakemake.output.markdown,
+    snakemake.output.per_query,
+    seed=snakemake.config["seed"],
+)
