@@ -59,8 +59,8 @@ class _Job:
     def __init__(self, snakemake, repo: Path):
         self.snakemake = snakemake
         self.repo = repo
-        self.started = provenance.now_iso()
-        self.t0 = time.monotonic()
+        self.t0 = provenance.process_start_time()
+        self.started = provenance.iso(self.t0)
         self.failed = False
         self.written: Path | None = None
 
@@ -87,7 +87,7 @@ class _Job:
                 threads=smk.threads,
                 started=self.started,
                 ended=provenance.now_iso(),
-                wall_s=time.monotonic() - self.t0,
+                wall_s=time.time() - self.t0,
                 log=smk.log[0] if len(smk.log) else None,
             )
             key = "/".join(str(v) for v in _items(smk.wildcards).values())

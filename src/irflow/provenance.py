@@ -33,6 +33,7 @@ import re
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from importlib import metadata
@@ -347,6 +348,27 @@ def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
+def process_start_time() -> float:
+    """Epoch seconds when this process started (so wall time includes imports and model loads).
+
+    Read from /proc (Linux) because psutil is not in the eval image; falls back to now.
+    """
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        # Field 22 (starttime, clock ticks since boot) counted after the ')' closing the name.
+        start_ticks = int(stat.rsplit(")", 1)[1].split()[19])
+        for line in Path("/proc/stat").read_text().splitlines():
+            if line.startswith("btime "):
+                return int(line.split()[1]) + start_ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        pass
+    return time.time()
+
+
+def iso(epoch: float) -> str:
+    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds")
+
+
 def record_path(results_dir: str | os.PathLike, log_path: str | None, rule: str, key: str) -> Path:
     """The job log path mirrored: <results>/logs/<rule>/<key>.log -> provenance/<rule>/<key>.json"""
     results = Path(results_dir)
@@ -409,3 +431,180 @@ def write_record(path: str | os.PathLike, record: Mapping) -> None:
 
 def read_record(path: str | os.PathLike) -> dict:
     return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Manifest: every record behind a set of targets
+# ---------------------------------------------------------------------------------------------
+def _norm(path: str) -> str:
+    return os.path.normpath(path)
+
+
+def index_records(provenance_dir: str | os.PathLike) -> dict[str, Path]:
+    """Output path -> the record file of the job that produced it (newest record wins)."""
+    index: dict[str, tuple[str, Path]] = {}
+    root = Path(provenance_dir)
+    for file in sorted(root.rglob("*.json")) if root.is_dir() else []:
+        try:
+            record = read_record(file)
+        except (OSError, json.JSONDecodeError):
+            continue
+        if record.get("schema") != SCHEMA:
+            continue
+        for output in record.get("outputs", []):
+            key = _norm(output["path"])
+            ended = record.get("ended", "")
+            if key not in index or index[key][0] <= ended:
+                index[key] = (ended, file)
+    return {path: file for path, (_, file) in index.items()}
+
+
+def collect_manifest(
+    targets: Iterable[str], provenance_dir: str | os.PathLike, verify: bool = True
+) -> dict:
+    """The records of the jobs that produced ``targets`` and, transitively, their inputs.
+
+    With ``verify`` every recorded output digest is compared with the file as it is now; a
+    difference marks the record stale (the file changed after the job that recorded it).
+    Inputs no job produced (source data outside the results folder) are listed as sources.
+    """
+    index = index_records(provenance_dir)
+    queue = [_norm(t) for t in targets]
+    seen_paths: set[str] = set()
+    records: dict[Path, dict] = {}
+    unrecorded: list[str] = []
+    while queue:
+        path = queue.pop(0)
+        if path in seen_paths:
+            continue
+        seen_paths.add(path)
+        file = index.get(path)
+        if file is None:
+            unrecorded.append(path)
+            continue
+        if file in records:
+            continue
+        record = read_record(file)
+        records[file] = record
+        queue.extend(_norm(entry["path"]) for entry in record.get("inputs", []))
+
+    artifacts = []
+    for file, record in records.items():
+        for output in record["outputs"]:
+            entry = {
+                "path": output["path"],
+                "kind": output["kind"],
+                "size": output["size"],
+                "sha256": output["sha256"],
+                "rule": record["rule"],
+                "record": str(file),
+            }
+            if verify:
+                now = describe_path(output["path"])
+                entry["verified"] = now["sha256"] == output["sha256"]
+            artifacts.append(entry)
+    artifacts.sort(key=lambda a: a["path"])
+
+    def distinct(values):
+        return [json.loads(v) for v in sorted({json.dumps(v, sort_keys=True) for v in values})]
+
+    rules = sorted({r["rule"] for r in records.values()})
+    summary = {
+        "jobs": len(records),
+        "rules": rules,
+        "commits": distinct(r.get("code", {}) for r in records.values()),
+        "python": [
+            json.loads(v) for v in distinct(r["python"]["version"] for r in records.values())
+        ],
+        "devices": distinct(
+            {"cpu": r["device"]["cpu"], "gpus": r["device"]["gpus"]} for r in records.values()
+        ),
+        "containers": distinct(r.get("container", {}) for r in records.values()),
+        "packages": _package_summary(records.values()),
+        "seeds": sorted({r.get("seed") for r in records.values()}, key=repr),
+        "wall_s": round(sum(r.get("wall_s", 0) for r in records.values()), 3),
+    }
+    return {
+        "schema": "irflow.provenance-manifest/1",
+        "targets": [str(t) for t in targets],
+        "summary": summary,
+        "artifacts": artifacts,
+        "unrecorded": sorted(unrecorded),
+        "stale": [a["path"] for a in artifacts if a.get("verified") is False],
+        "jobs": [
+            {
+                "record": str(file),
+                "rule": r["rule"],
+                "wildcards": r["wildcards"],
+                "params": r["params"],
+                "inputs": [{k: i.get(k) for k in ("path", "sha256", "size")} for i in r["inputs"]],
+                "outputs": [o["path"] for o in r["outputs"]],
+                "commit": r.get("code", {}).get("commit"),
+                "dirty": r.get("code", {}).get("dirty"),
+                "container": r.get("container", {}),
+                "device": r.get("device", {}),
+                "threads": r.get("threads"),
+                "started": r.get("started"),
+                "wall_s": r.get("wall_s"),
+            }
+            for file, r in sorted(records.items(), key=lambda item: str(item[0]))
+        ],
+    }
+
+
+def _package_summary(records) -> dict[str, list[str]]:
+    """Package -> the distinct versions the jobs ran with (one entry unless environments mixed)."""
+    versions: dict[str, set[str]] = {}
+    for record in records:
+        for name, version in record.get("packages", {}).items():
+            if version is not None:
+                versions.setdefault(name, set()).add(version)
+    return {name: sorted(found) for name, found in sorted(versions.items())}
+
+
+def _device_text(device: Mapping) -> str:
+    gpus = ", ".join(device.get("gpus") or [])
+    return f"{device.get('cpu')}" + (f" + {gpus}" if gpus else "")
+
+
+def manifest_markdown(manifest: Mapping) -> str:
+    summary = manifest["summary"]
+    lines = ["# Provenance manifest", ""]
+    commits = ", ".join(
+        f"{c.get('commit') or 'unknown'}{' (dirty)' if c.get('dirty') else ''}"
+        for c in summary["commits"]
+    )
+    lines += [
+        f"- jobs: {summary['jobs']} ({', '.join(summary['rules'])})",
+        f"- commit: {commits or 'unknown'}",
+        f"- python: {', '.join(summary['python'])}",
+        f"- seeds: {', '.join(map(str, summary['seeds']))}",
+        f"- devices: {'; '.join(_device_text(d) for d in summary['devices'])}",
+        f"- stale records: {len(manifest['stale'])}",
+        "",
+        "| artifact | rule | size | sha256 |",
+        "|---|---|---:|---|",
+    ]
+    for artifact in manifest["artifacts"]:
+        mark = "" if artifact.get("verified", True) else " (STALE)"
+        lines.append(
+            f"| `{artifact['path']}` | {artifact['rule']} | {artifact['size']} | "
+            f"`{(artifact['sha256'] or '')[:16]}`{mark} |"
+        )
+    lines += ["", "| package | version |", "|---|---|"]
+    lines += [f"| {name} | {', '.join(v)} |" for name, v in summary["packages"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def write_manifest(
+    targets: Iterable[str],
+    provenance_dir: str | os.PathLike,
+    json_path: str | os.PathLike,
+    markdown_path: str | os.PathLike,
+) -> dict:
+    from irflow.io import write_text_atomic
+
+    manifest = redact(collect_manifest(list(targets), provenance_dir))
+    write_json_atomic(json_path, manifest)
+    write_text_atomic(markdown_path, manifest_markdown(manifest))
+    return manifest
