@@ -259,7 +259,7 @@ def all_targets():
             f"{RESULTS}/tables/training-data.tsv",
             f"{RESULTS}/tables/training-data.md",
         ]
-    return targets
+    return targets + report_targets()  # rules/report.smk
 
 
 def dense_embeddings(wildcards):

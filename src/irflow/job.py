@@ -72,7 +72,7 @@ class _Job:
         """Exit hook: write the record if the job succeeded; never turn success into failure."""
         smk = self.snakemake
         outputs = _named_paths(smk.output)
-        if self.failed or not all(os.path.exists(path) for _, path in outputs):
+        if self.failed or not outputs or not all(os.path.exists(p) for _, p in outputs):
             return
         try:
             config = dict(smk.config or {})

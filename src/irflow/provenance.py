@@ -330,9 +330,6 @@ def container_runtime() -> dict | None:
     for var in RUNTIME_ENV:
         if os.environ.get(var):
             facts[var.lower()] = os.environ[var]
-    for marker in ("/.dockerenv", "/run/.containerenv"):
-        if os.path.exists(marker):
-            facts["marker"] = marker
     sif = facts.get("apptainer_container") or facts.get("singularity_container")
     if sif and os.path.basename(sif).endswith((".simg", ".sif")):
         # Snakemake names pulled images by the md5 of their URI; the URI (with its digest when
@@ -460,7 +457,10 @@ def index_records(provenance_dir: str | os.PathLike) -> dict[str, Path]:
 
 
 def collect_manifest(
-    targets: Iterable[str], provenance_dir: str | os.PathLike, verify: bool = True
+    targets: Iterable[str],
+    provenance_dir: str | os.PathLike,
+    verify: bool = True,
+    declared_containers: Mapping[str, str] | None = None,
 ) -> dict:
     """The records of the jobs that produced ``targets`` and, transitively, their inputs.
 
@@ -485,6 +485,9 @@ def collect_manifest(
         if file in records:
             continue
         record = read_record(file)
+        if declared_containers and record.get("container", {}).get("declared") is None:
+            # A job cannot see its rule's container directive; the workflow can.
+            record.setdefault("container", {})["declared"] = declared_containers.get(record["rule"])
         records[file] = record
         queue.extend(_norm(entry["path"]) for entry in record.get("inputs", []))
 
@@ -513,9 +516,7 @@ def collect_manifest(
         "jobs": len(records),
         "rules": rules,
         "commits": distinct(r.get("code", {}) for r in records.values()),
-        "python": [
-            json.loads(v) for v in distinct(r["python"]["version"] for r in records.values())
-        ],
+        "python": distinct(r["python"]["version"] for r in records.values()),
         "devices": distinct(
             {"cpu": r["device"]["cpu"], "gpus": r["device"]["gpus"]} for r in records.values()
         ),
@@ -601,10 +602,13 @@ def write_manifest(
     provenance_dir: str | os.PathLike,
     json_path: str | os.PathLike,
     markdown_path: str | os.PathLike,
+    declared_containers: Mapping[str, str] | None = None,
 ) -> dict:
     from irflow.io import write_text_atomic
 
-    manifest = redact(collect_manifest(list(targets), provenance_dir))
+    manifest = redact(
+        collect_manifest(list(targets), provenance_dir, declared_containers=declared_containers)
+    )
     write_json_atomic(json_path, manifest)
     write_text_atomic(markdown_path, manifest_markdown(manifest))
     return manifest

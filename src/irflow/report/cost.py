@@ -17,6 +17,7 @@ the jobs), ``io_in_mb``, ``io_out_mb``.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 from collections.abc import Mapping
@@ -123,13 +124,35 @@ def _markdown(table: pd.DataFrame) -> str:
     return "\n".join(parts)
 
 
+def jobs_in_manifest(manifest_path: str | os.PathLike) -> set[tuple[str, str]] | None:
+    """(rule, key) of the jobs a provenance manifest lists (their records mirror the benchmark
+    paths: provenance/<rule>/<key>.json); None if it lists none."""
+    manifest = json.loads(Path(manifest_path).read_text(encoding="utf-8"))
+    jobs = set()
+    for job in manifest.get("jobs", []):
+        parts = Path(job["record"]).with_suffix("").parts
+        if "provenance" in parts:
+            rel = parts[len(parts) - parts[::-1].index("provenance") :]
+            if len(rel) >= 2:
+                jobs.add((rel[0], "/".join(rel[1:])))
+    return jobs or None
+
+
 def write_cost_table(
     benchmark_dir: str | os.PathLike,
     tsv: str | os.PathLike,
     markdown: str | os.PathLike,
     studies: Mapping[str, Mapping] | None = None,
+    only: set[tuple[str, str]] | None = None,
 ) -> pd.DataFrame:
-    table = cost_table(read_benchmarks(benchmark_dir), studies)
+    """Write the cost table; with ``only``, count just those (rule, key) jobs (the ones behind
+    the current targets: benchmark files of jobs a changed configuration no longer asks for
+    stay on disk, and must not be charged to it)."""
+    jobs = read_benchmarks(benchmark_dir)
+    if only is not None:
+        keep = [(rule, key) in only for rule, key in zip(jobs["rule"], jobs["key"], strict=True)]
+        jobs = jobs[keep]
+    table = cost_table(jobs, studies)
     with atomic_output(tsv) as tmp:
         table.to_csv(tmp, sep="\t", index=False, float_format="%.3f")
     with atomic_output(markdown) as tmp:

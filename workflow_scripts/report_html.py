@@ -1,0 +1,31 @@
+"""Rule report_html: the self-contained HTML report (tables, plots, provenance, commands)."""
+
+from irflow import job
+from irflow.report.html import ReportInputs, write_report
+
+job.start(snakemake)
+
+
+def first(paths):
+    """A named input given as a list of zero or one path (optional tables)."""
+    if isinstance(paths, str):
+        return paths
+    return next(iter(paths), None)
+
+
+inputs = ReportInputs(
+    results_dir=snakemake.params.results_dir,
+    baselines=snakemake.input.baselines,
+    training_data=first(getattr(snakemake.input, "training_data", [])),
+    studies=dict(snakemake.params.studies),
+    study_deltas=dict(snakemake.params.study_deltas),
+    study_specs=dict(snakemake.params.study_specs),
+    metric_files=list(snakemake.input.metrics),
+    curves=dict(snakemake.params.curves),
+    reproduction=snakemake.input.reproduction,
+    cost=snakemake.input.cost,
+    manifest=snakemake.input.manifest,
+    config=dict(snakemake.params.config),
+    configfiles=list(snakemake.params.configfiles),
+)
+write_report(inputs, snakemake.output.html, template=snakemake.input.template)
