@@ -258,12 +258,12 @@ def _eval_rule_imports() -> list[str]:
 
 
 def _results(workdir: Path) -> dict[str, bytes]:
-    """Every result file but the benchmark records (wall-clock times)."""
+    """Every result file but the benchmark and provenance records (times, paths, machine)."""
     root = workdir / "results"
     return {
         str(p.relative_to(workdir)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and "benchmarks" not in p.relative_to(root).parts
+        if p.is_file() and not {"benchmarks", "provenance"} & set(p.relative_to(root).parts)
     }
 
 
