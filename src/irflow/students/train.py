@@ -1,0 +1,532 @@
+"""Training entry points: a cross-encoder or bi-encoder student from teacher-scored samples.
+
+:func:`train_cross_encoder` and :func:`train_bi_encoder` run sentence-transformers'
+``CrossEncoderTrainer`` / ``SentenceTransformerTrainer`` (the Hugging Face Trainer underneath)
+with the objective, optimizer and schedule of a :class:`~irflow.students.spec.StudentTrainingSpec`
+on the samples of a scores Parquet (:mod:`irflow.students.data`). What is added around the
+library:
+
+* **Initialisation.** The model is loaded after seeding (``transformers.set_seed(seed)``). A
+  cross-encoder student is ``CrossEncoder(init_dir, num_labels=1)``: from a sentence-transformers
+  bi-encoder folder (or a bare encoder) that is the encoder with a fresh, seeded one-logit head.
+  A bi-encoder student is ``SentenceTransformer(init_dir)``. :func:`save_untrained` writes
+  exactly the model training starts from (the "untrained" baseline).
+* **Determinism.** Batches come from :class:`~irflow.students.data.EpochSeededBatchSampler`
+  (or the library's no-duplicates sampler, also reseeded per epoch); dropout and in-batch
+  sampling use the seeded global RNGs. Two runs with the same spec and inputs give
+  byte-identical weights on CPU.
+* **Checkpoints and resume.** With ``checkpoint_every_steps`` the Trainer saves model,
+  optimizer, scheduler, RNG states and step to ``checkpoint_dir/checkpoint-<step>``; a
+  checkpoint counts only once a completion marker is written after it (the Trainer writes them
+  in place, so a job killed while saving leaves an incomplete one, which is discarded). If
+  ``checkpoint_dir`` holds a complete checkpoint of the *same* run (``run.json``: the kind, the
+  spec, and hashes of the training samples and the initial weights), training resumes from the
+  latest one (``resume_from_checkpoint``: data position, RNG and optimizer states restored) and
+  the final weights equal an uninterrupted run's bit for bit on CPU; checkpoints of a different
+  run are deleted first.
+* **Outputs.** The final model goes to ``out_dir`` atomically, as a sentence-transformers folder
+  (``CrossEncoder(out_dir)`` / ``SentenceTransformer(out_dir)``; LoRA adapters are merged into
+  the weights first) without a model card (it holds dates, and the stats say what trained it).
+  The training curves go to ``curves_path`` as JSONL, one line per logging step: ``step``,
+  ``epoch``, ``loss`` (mean over the logging interval), ``lr``, ``grad_norm`` (before
+  clipping), ``samples``, ``seconds``, ``samples_per_second``, ``pairs_per_second``. They are
+  kept in ``checkpoint_dir/curves.jsonl`` while training, so a resumed run's curve is complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import hashlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from irflow.io import atomic_output, write_json_atomic, write_text_atomic
+from irflow.students.data import (
+    EpochSeededBatchSampler,
+    TrainingSamples,
+    load_samples,
+    rows_per_sample,
+    to_dataset,
+)
+from irflow.students.losses import get_objective
+from irflow.students.optim import check_runnable, describe_optimizer, resolve_optimizer
+from irflow.students.spec import SCHEDULES, LoraSpec, StudentTrainingSpec
+
+log = logging.getLogger(__name__)
+
+RUN_FILE = "run.json"
+LIVE_CURVES = "curves.jsonl"
+COMPLETE_MARKER = "irflow-complete"
+CHECKPOINTS_KEPT = 2
+_HEAD_NAMES = ("classifier", "score", "head")
+
+
+# ---------------------------------------------------------------------------------------------
+# Models
+# ---------------------------------------------------------------------------------------------
+def load_student(kind: str, init_dir: str | os.PathLike, spec: StudentTrainingSpec, device: str):
+    """The model a student's training starts from (seeded; see the module docstring)."""
+    from transformers import set_seed
+
+    from irflow.io import InputError
+
+    set_seed(spec.seed)
+    try:
+        if kind == "cross-encoder":
+            from sentence_transformers import CrossEncoder
+
+            model = CrossEncoder(
+                str(init_dir), num_labels=1, max_length=spec.max_length, device=device
+            )
+            if model.num_labels != 1:
+                raise InputError(
+                    f"{init_dir}: a cross-encoder student needs one output, the model has "
+                    f"{model.num_labels}"
+                )
+            return model
+        if kind == "bi-encoder":
+            from sentence_transformers import SentenceTransformer
+
+            model = SentenceTransformer(str(init_dir), device=device)
+            if spec.max_length:
+                model.max_seq_length = spec.max_length
+            return model
+    except InputError:
+        raise
+    except Exception as err:  # many library error types; the user needs the folder
+        raise InputError(f"student initialisation {init_dir} could not be loaded: {err}") from err
+    raise ValueError(f"unknown student kind {kind!r}; allowed: ['cross-encoder', 'bi-encoder']")
+
+
+def save_model(model, out_dir: str | os.PathLike) -> None:
+    """Save a CrossEncoder/SentenceTransformer atomically, without a (dated) model card."""
+    with atomic_output(out_dir, directory=True) as tmp:
+        model.save(str(tmp), create_model_card=False)
+
+
+def save_untrained(
+    kind: str,
+    spec: StudentTrainingSpec,
+    init_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    device: str | None = None,
+) -> dict[str, Any]:
+    """Write the model that training with ``spec`` starts from (same seed, same fresh head)."""
+    device = _device(device)
+    model = load_student(kind, init_dir, spec, device)
+    save_model(model, out_dir)
+    return {"kind": kind, "init": str(init_dir), "seed": spec.seed, **_param_counts(model)}
+
+
+def _param_counts(model) -> dict[str, int]:
+    params = list(model.parameters())
+    return {
+        "params_total": sum(p.numel() for p in params),
+        "params_trainable": sum(p.numel() for p in params if p.requires_grad),
+    }
+
+
+def apply_lora(model, kind: str, lora: LoraSpec) -> None:
+    """Add a LoRA adapter (peft) to the model; a cross-encoder's head stays fully trainable."""
+    from peft import LoraConfig
+
+    hf_model = model.transformers_model
+    heads = None
+    if kind == "cross-encoder":
+        heads = [n for n, _ in hf_model.named_children() if n in _HEAD_NAMES] or None
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules) if lora.target_modules else None,
+        modules_to_save=heads,
+    )
+    try:
+        model.add_adapter(config)
+    except ValueError as err:
+        raise ValueError(f"lora: {err}") from err
+
+
+def merge_lora(model) -> None:
+    """Fold LoRA weights into the base layers and drop the adapter, so the saved model is a
+    plain checkpoint. Written here because transformers' adapter integration (which
+    sentence-transformers uses) has no merge; peft's per-layer ``merge`` does the arithmetic.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    hf_model = model.transformers_model
+    for name, module in list(hf_model.named_modules()):
+        if isinstance(module, BaseTunerLayer | ModulesToSaveWrapper):
+            parent_name, _, child = name.rpartition(".")
+            parent = hf_model.get_submodule(parent_name) if parent_name else hf_model
+            if isinstance(module, ModulesToSaveWrapper):
+                replacement = module.modules_to_save[module.active_adapter]
+            else:
+                module.merge()
+                replacement = module.get_base_layer()
+            setattr(parent, child, replacement)
+    hf_model._hf_peft_config_loaded = False
+    if hasattr(hf_model, "peft_config"):
+        del hf_model.peft_config
+
+
+# ---------------------------------------------------------------------------------------------
+# Checkpoints, curves, fingerprints
+# ---------------------------------------------------------------------------------------------
+def _device(device: str | None) -> str:
+    from irflow.models import pick_device
+
+    return device or pick_device()
+
+
+def _hash_files(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(folder)).encode() + b"\0")
+        with open(path, "rb") as handle:
+            while block := handle.read(1 << 20):
+                digest.update(block)
+    return digest.hexdigest()
+
+
+def _hash_samples(samples: TrainingSamples) -> str:
+    digest = hashlib.sha256()
+    for query, pos, negs in zip(samples.queries, samples.positives, samples.negatives, strict=True):
+        for text in (query, pos, *negs):
+            digest.update(text.encode() + b"\0")
+    digest.update(samples.pos_scores.tobytes())
+    digest.update(samples.neg_scores.tobytes())
+    return digest.hexdigest()
+
+
+def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
+    out = []
+    for entry in folder.iterdir() if folder.is_dir() else ():
+        name = entry.name
+        if entry.is_dir() and name.startswith("checkpoint-") and name[11:].isdigit():
+            out.append((int(name[11:]), entry))
+    return sorted(out)
+
+
+def _prepare_checkpoints(folder: Path, run: dict[str, Any]) -> Path | None:
+    """The latest complete checkpoint of this run in ``folder``, after clearing what is not."""
+    folder.mkdir(parents=True, exist_ok=True)
+    run_file = folder / RUN_FILE
+    previous = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
+    if previous != run:
+        stale = _checkpoints(folder)
+        if stale or previous is not None:
+            log.warning(
+                "%s holds %d checkpoints of a different run (spec, data or initialisation "
+                "changed); deleting them and starting from scratch",
+                folder,
+                len(stale),
+            )
+        for _, path in stale:
+            shutil.rmtree(path)
+        with contextlib.suppress(FileNotFoundError):
+            (folder / LIVE_CURVES).unlink()
+        write_json_atomic(run_file, run)
+    latest = None
+    for _, path in _checkpoints(folder):
+        if (path / COMPLETE_MARKER).is_file():
+            latest = path
+        else:
+            log.warning("discarding incomplete checkpoint %s", path)
+            shutil.rmtree(path)
+    return latest
+
+
+def _curve_rows(path: Path, up_to_step: int | None) -> list[dict[str, Any]]:
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+    return [r for r in rows if up_to_step is not None and r["step"] <= up_to_step]
+
+
+def _jsonl(rows: list[dict[str, Any]]) -> str:
+    return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
+
+
+def _trainer_callbacks(
+    live_curves: Path | None,
+    rows: list[dict[str, Any]],
+    samples_done,
+    pairs_per_sample: int,
+):
+    from transformers import TrainerCallback
+
+    class Curves(TrainerCallback):
+        """One JSONL row per logging step, appended to the live curves file."""
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            self.last_time = self.last_report = time.perf_counter()
+            self.last_step = state.global_step
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if not logs or "loss" not in logs:
+                return
+            now = time.perf_counter()
+            seconds = now - self.last_time
+            samples = samples_done(state.global_step) - samples_done(self.last_step)
+            row = {
+                "step": state.global_step,
+                "epoch": round(float(state.epoch or 0.0), 6),
+                "loss": float(logs["loss"]),
+                "lr": logs.get("learning_rate"),
+                "grad_norm": None if logs.get("grad_norm") is None else float(logs["grad_norm"]),
+                "samples": samples,
+                "seconds": round(seconds, 6),
+                "samples_per_second": round(samples / seconds, 3) if seconds > 0 else None,
+                "pairs_per_second": round(samples * pairs_per_sample / seconds, 3)
+                if seconds > 0
+                else None,
+            }
+            rows.append(row)
+            if now - self.last_report >= 30 or state.global_step >= state.max_steps:
+                self.last_report = now
+                log.info(
+                    "step %d/%d, epoch %.2f: loss %.4f, %.1f samples/s",
+                    state.global_step, state.max_steps, row["epoch"], row["loss"],
+                    row["samples_per_second"] or 0.0,
+                )  # fmt: skip
+            if live_curves is not None:
+                with open(live_curves, "a", encoding="utf-8") as handle:
+                    handle.write(json.dumps(row, sort_keys=True) + "\n")
+            self.last_time, self.last_step = now, state.global_step
+
+    class MarkComplete(TrainerCallback):
+        """Mark a checkpoint complete once the Trainer has written all of it."""
+
+        def on_save(self, args, state, control, **kwargs):
+            folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
+            if folder.is_dir():
+                (folder / COMPLETE_MARKER).write_text(f"{state.global_step}\n", encoding="utf-8")
+
+    return [Curves(), MarkComplete()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Training
+# ---------------------------------------------------------------------------------------------
+def _training_args(
+    kind: str,
+    spec: StudentTrainingSpec,
+    output_dir: Path,
+    rows: int,
+    use_cuda: bool,
+    checkpointing: bool,
+):
+    if kind == "cross-encoder":
+        from sentence_transformers.cross_encoder import (
+            CrossEncoderTrainingArguments as Arguments,
+        )
+    else:
+        from sentence_transformers import SentenceTransformerTrainingArguments as Arguments
+    if spec.batch_sampler == "no_duplicates":
+        batch_sampler: Any = "no_duplicates"
+    else:
+        batch_sampler = functools.partial(
+            EpochSeededBatchSampler, group_by_length=spec.group_by_length
+        )
+    return Arguments(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=spec.batch_size * rows,
+        gradient_accumulation_steps=spec.gradient_accumulation_steps,
+        num_train_epochs=spec.epochs,
+        max_steps=spec.max_steps or -1,
+        learning_rate=spec.optimizer.lr,
+        weight_decay=spec.optimizer.weight_decay,
+        lr_scheduler_type=SCHEDULES[spec.schedule.name],
+        warmup_steps=spec.schedule.warmup_ratio,  # < 1: a fraction of the steps
+        # No clipping still reports the gradient norm: clipping at infinity scales by 1.0.
+        max_grad_norm=spec.grad_clip or math.inf,
+        seed=spec.seed,
+        data_seed=spec.seed,
+        bf16=bool(spec.bf16 and use_cuda),
+        use_cpu=not use_cuda,
+        logging_steps=spec.log_every_steps,
+        logging_strategy="steps",
+        save_strategy="steps" if checkpointing else "no",
+        save_steps=spec.checkpoint_every_steps or 500,
+        save_total_limit=CHECKPOINTS_KEPT,
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        batch_sampler=batch_sampler,
+    )
+
+
+def _train(
+    kind: str,
+    spec: StudentTrainingSpec,
+    scores_parquet,
+    queries_parquet,
+    corpus_parquet,
+    init_dir,
+    out_dir,
+    checkpoint_dir,
+    curves_path,
+    device: str | None,
+    callbacks: list | None,
+) -> dict[str, Any]:
+    objective = get_objective(kind, spec.objective)
+    resolve_optimizer(spec.optimizer)  # an unknown name fails before anything loads
+    device = _device(device)
+    use_cuda = device.startswith("cuda")
+    check_runnable(spec.optimizer, device)
+
+    samples = load_samples(scores_parquet, queries_parquet, corpus_parquet, spec.num_negatives)
+    dataset = to_dataset(samples, objective.data)
+    rows = rows_per_sample(objective.data, spec.num_negatives)
+    pairs_per_sample = 1 + spec.num_negatives
+    n = len(samples)
+    batches_per_epoch = math.ceil(n / spec.batch_size)
+    steps_per_epoch = math.ceil(batches_per_epoch / spec.gradient_accumulation_steps)
+    samples_per_step = spec.batch_size * spec.gradient_accumulation_steps
+
+    def samples_done(step: int) -> int:
+        epochs, rest = divmod(step, steps_per_epoch)
+        return epochs * n + min(rest * samples_per_step, n)
+
+    run = {
+        "kind": kind,
+        "spec": spec.describe(),
+        "samples_sha256": _hash_samples(samples),
+        "init_sha256": _hash_files(Path(init_dir)),
+    }
+    resume = None
+    scratch = None
+    if checkpoint_dir is not None:
+        checkpoint_dir = Path(checkpoint_dir)
+        resume = _prepare_checkpoints(checkpoint_dir, run)
+        live_curves: Path | None = checkpoint_dir / LIVE_CURVES
+        output_dir = checkpoint_dir
+    else:
+        live_curves = None
+        scratch = Path(tempfile.mkdtemp(prefix="irflow-train-"))
+        output_dir = scratch
+    resumed_step = int(resume.name.split("-")[1]) if resume else 0
+    curve_rows = _curve_rows(live_curves, resumed_step) if live_curves else []
+    if live_curves is not None:
+        write_text_atomic(live_curves, _jsonl(curve_rows))
+
+    try:
+        model = load_student(kind, init_dir, spec, device)
+        if spec.lora is not None:
+            apply_lora(model, kind, spec.lora)
+        loss = objective.build(model, spec.objective)
+        args = _training_args(
+            kind,
+            spec,
+            output_dir,
+            rows,
+            use_cuda,
+            checkpoint_dir is not None and bool(spec.checkpoint_every_steps),
+        )
+        if kind == "cross-encoder":
+            from sentence_transformers.cross_encoder import CrossEncoderTrainer as Trainer
+        else:
+            from sentence_transformers import SentenceTransformerTrainer as Trainer
+        trainer = Trainer(
+            model=model,
+            args=args,
+            train_dataset=dataset,
+            loss=loss,
+            callbacks=[
+                *_trainer_callbacks(live_curves, curve_rows, samples_done, pairs_per_sample),
+                *(callbacks or []),
+            ],
+            optimizer_cls_and_kwargs=resolve_optimizer(spec.optimizer),
+        )
+        # The curves file and this module's log replace the Trainer's printed log dicts.
+        from transformers.trainer_callback import PrinterCallback
+
+        trainer.remove_callback(PrinterCallback)
+        began = time.perf_counter()
+        result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        seconds = time.perf_counter() - began
+        if spec.lora is not None:
+            merge_lora(model)
+        save_model(model, out_dir)
+    finally:
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+    write_text_atomic(curves_path, _jsonl(curve_rows))
+    steps = int(result.global_step)
+    trained = samples_done(steps) - samples_done(resumed_step)
+    return {
+        "kind": kind,
+        "objective": spec.objective.name,
+        "data_format": objective.data,
+        **samples.stats,
+        "pairs_per_sample": pairs_per_sample,
+        "steps": steps,
+        "steps_per_epoch": steps_per_epoch,
+        "epochs": round(steps / steps_per_epoch, 6),
+        "samples_seen": samples_done(steps),
+        "resumed_from_step": resumed_step or None,
+        "train_seconds": round(seconds, 3),
+        "samples_per_second": round(trained / seconds, 3) if seconds > 0 else None,
+        "pairs_per_second": round(trained * pairs_per_sample / seconds, 3) if seconds > 0 else None,
+        "mean_loss": float(result.training_loss),
+        "final_loss": curve_rows[-1]["loss"] if curve_rows else None,
+        "device": device,
+        "bf16": bool(spec.bf16 and use_cuda),
+        "optimizer": describe_optimizer(spec.optimizer),
+        "lora": spec.lora is not None,
+        **_param_counts(model),
+        "spec": spec.describe(),
+    }
+
+
+def train_cross_encoder(
+    spec: StudentTrainingSpec,
+    scores_parquet: str | os.PathLike,
+    queries_parquet: str | os.PathLike,
+    corpus_parquet: str | os.PathLike,
+    init_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    checkpoint_dir: str | os.PathLike | None,
+    curves_path: str | os.PathLike,
+    device: str | None = None,
+    *,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Train a cross-encoder (reranker) student; see the module docstring. Returns the stats.
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (tests, benchmarks).
+    """
+    return _train(
+        "cross-encoder", spec, scores_parquet, queries_parquet, corpus_parquet, init_dir,
+        out_dir, checkpoint_dir, curves_path, device, callbacks,
+    )  # fmt: skip
+
+
+def train_bi_encoder(
+    spec: StudentTrainingSpec,
+    scores_parquet: str | os.PathLike,
+    queries_parquet: str | os.PathLike,
+    corpus_parquet: str | os.PathLike,
+    init_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    checkpoint_dir: str | os.PathLike | None,
+    curves_path: str | os.PathLike,
+    device: str | None = None,
+    *,
+    callbacks: list | None = None,
+) -> dict[str, Any]:
+    """Train a bi-encoder (embedding) student; see the module docstring. Returns the stats."""
+    return _train(
+        "bi-encoder", spec, scores_parquet, queries_parquet, corpus_parquet, init_dir,
+        out_dir, checkpoint_dir, curves_path, device, callbacks,
+    )  # fmt: skip
