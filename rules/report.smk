@@ -1,84 +1,8 @@
 # Report: reproduction checks, cost, the provenance manifest and the self-contained HTML report.
 # Nothing here feeds a training or evaluation stage; every rule reads what the others built.
-import os
 
 
-def report_targets():
-    """What `all` builds from this file (rules/common.smk adds it to all_targets())."""
-    return [
-        f"{RESULTS}/tables/reproduction.tsv",
-        f"{RESULTS}/tables/reproduction.md",
-        f"{RESULTS}/tables/cost.tsv",
-        f"{RESULTS}/tables/cost.md",
-        f"{RESULTS}/provenance/manifest.json",
-        f"{RESULTS}/provenance/manifest.md",
-        f"{RESULTS}/report/index.html",
-    ]
-
-
-def pipeline_targets():
-    """Every target of `all` except this file's own (they summarise the others)."""
-    mine = set(report_targets())
-    return [t for t in all_targets() if t not in mine]
-
-
-def configured_study_runs():
-    """(arm, reranker, dataset, run) of every study (rules/students.smk), or none."""
-    if "study_runs" not in globals():
-        return []
-    return [row for study in config.get("studies", {}) for row in study_runs(study)]
-
-
-def known_runs():
-    """(dataset, run) of every metric row the configuration builds."""
-    pairs = list(baseline_runs())
-    pairs += [(dataset, run) for _, _, dataset, run in configured_study_runs()]
-    return list(dict.fromkeys(pairs))
-
-
-def metric_mean_files():
-    return [f"{RESULTS}/metrics/{d}/{run}/mean.tsv" for d, run in known_runs()]
-
-
-def expectation_metric_files(wildcards):
-    """Metric files of the expectations whose run is configured; others are 'missing'."""
-    known = set(known_runs())
-    files = []
-    for exp in config.get("expectations", []):
-        key = (exp["dataset"], exp["run"].strip("/"))
-        if key in known:
-            files.append(f"{RESULTS}/metrics/{key[0]}/{key[1]}/mean.tsv")
-    return list(dict.fromkeys(files))
-
-
-def study_table_files(wildcards):
-    return {s: f"{RESULTS}/tables/studies/{s}.tsv" for s in config.get("studies", {})}
-
-
-def study_delta_files(wildcards):
-    return {
-        s: f"{RESULTS}/tables/studies/{s}.per-query.tsv" for s in config.get("studies", {})
-    }
-
-
-def curve_files(wildcards):
-    """Training curves of every student a study trains (arms only: variants are not trained)."""
-    students = {arm for spec in config.get("studies", {}).values() for arm in spec["arms"]}
-    return {s: f"{RESULTS}/students/{s}/curves.jsonl" for s in sorted(students)}
-
-
-def training_data_table_file(wildcards):
-    return (
-        [f"{RESULTS}/tables/training-data.tsv"] if config.get("training_data") else []
-    )
-
-
-def declared_containers(wildcards):
-    """Rule -> the image its `container:` directive names (for the provenance manifest)."""
-    return {r.name: r.container_img for r in workflow.rules if r.container_img}
-
-
-REPORT_TEMPLATE = os.path.join(workflow.basedir, "reports", "templates", "report.html.j2")
+include: "report_inputs.smk"
 
 
 rule reproduction_table:
@@ -102,7 +26,9 @@ rule reproduction_table:
     threads: 1
     params:
         expectations=lambda wildcards: config.get("expectations", []),
-        results_dir=RESULTS,
+        results_dir=lambda wildcards, output: results_dir_of(
+            output.tsv, "tables/reproduction.tsv"
+        ),
     script:
         "../workflow_scripts/reproduction_table.py"
 
@@ -136,7 +62,9 @@ rule provenance_manifest:
         container_image("eval")
     threads: 1
     params:
-        provenance_dir=f"{RESULTS}/provenance",
+        provenance_dir=lambda wildcards, output: results_dir_of(
+            output.manifest, "provenance/manifest.json", "provenance"
+        ),
         containers=declared_containers,
     script:
         "../workflow_scripts/provenance_manifest.py"
@@ -162,7 +90,9 @@ rule cost_table:
         container_image("eval")
     threads: 1
     params:
-        benchmarks=f"{RESULTS}/benchmarks",
+        benchmarks=lambda wildcards, output: results_dir_of(
+            output.tsv, "tables/cost.tsv", "benchmarks"
+        ),
         studies=lambda wildcards: config.get("studies", {}),
     script:
         "../workflow_scripts/cost_table.py"
@@ -176,9 +106,7 @@ rule report_html:
                 "baselines": f"{RESULTS}/tables/baselines.tsv",
                 "training_data": training_data_table_file(wildcards),
                 "metrics": metric_mean_files(),
-                "per_query": [
-                    f.replace("/mean.tsv", "/per-query.tsv") for f in metric_mean_files()
-                ],
+                "per_query": metric_per_query_files(),
                 "studies": list(study_table_files(wildcards).values()),
                 "study_deltas": list(study_delta_files(wildcards).values()),
                 "curves": list(curve_files(wildcards).values()),
@@ -203,7 +131,9 @@ rule report_html:
         container_image("torch")
     threads: 1
     params:
-        results_dir=RESULTS,
+        results_dir=lambda wildcards, output: results_dir_of(
+            output.html, "report/index.html"
+        ),
         studies=lambda wildcards: study_table_files(wildcards),
         study_deltas=lambda wildcards: study_delta_files(wildcards),
         study_specs=lambda wildcards: config.get("studies", {}),

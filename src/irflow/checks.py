@@ -138,7 +138,11 @@ def _markdown(table: pd.DataFrame) -> str:
         shown[column] = shown[column].map(lambda v: "" if pd.isna(v) else f"{v:.4f}")
     shown["tolerance"] = shown["tolerance"].map(lambda v: f"±{v:g}")
     counts = ", ".join(f"{(table.status == s).sum()} {s}" for s in STATUSES)
-    body = shown.to_markdown(index=False) if len(shown) else "(no expectations configured)"
+    body = (
+        shown.to_markdown(index=False, disable_numparse=True)
+        if len(shown)
+        else "(no expectations configured)"
+    )
     return f"# Reproduction checks\n\n{counts}\n\n{body}\n"
 
 

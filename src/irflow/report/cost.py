@@ -110,7 +110,7 @@ def _markdown(table: pd.DataFrame) -> str:
         for column in ("wall_s", "cpu_s", "max_rss_mb", "io_in_mb", "io_out_mb"):
             if column in shown:
                 shown[column] = shown[column].map(lambda v: f"{v:.1f}")
-        return shown.to_markdown(index=False)
+        return shown.to_markdown(index=False, disable_numparse=True)
 
     figures = ["jobs", "wall_s", "cpu_s", "max_rss_mb"]
     parts = ["# Cost", "", "Per rule family (sum over jobs; max_rss_mb is the largest job's).", ""]
