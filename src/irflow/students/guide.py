@@ -218,6 +218,33 @@ def cut_layers(state: dict[str, Any], prefix: str, layers: Sequence[int]) -> dic
     return out
 
 
+def _check_layer_weights(config, prefix: str, layers: list[int], state: dict[str, Any]) -> None:
+    """Refuse a selection that gives a student layer other weights than its class expects.
+
+    Layers of most families are interchangeable, but not all: ModernBERT's layer 0 has no
+    attention norm (the embeddings are normalised already), so any other layer moved to
+    position 0 would lose its norm. The student's architecture is instantiated on the meta
+    device (no memory, no weights) and its layer weight names compared with the student's.
+    """
+    import torch
+    import transformers
+
+    architecture = (getattr(config, "architectures", None) or [None])[0]
+    cls = getattr(transformers, architecture, None) if architecture else None
+    with torch.device("meta"):
+        model = cls(config) if cls is not None else transformers.AutoModel.from_config(config)
+    start = f"{prefix}."
+    expected = {k for k in model.state_dict() if k.startswith(start)}
+    got = {k for k in state if k.startswith(start)}
+    if expected and expected != got:
+        moved = [f"{old} -> {new}" for new, old in enumerate(layers) if old != new]
+        raise ValueError(
+            f"{type(model).__name__}'s layers are not interchangeable: with layers {layers} "
+            f"({', '.join(moved)}) the student has weights {sorted(got - expected)[:4]} its class "
+            f"does not use and lacks {sorted(expected - got)[:4]}; keep layer 0 first"
+        )
+
+
 def build_student(
     parent: ModelRef | str | os.PathLike,
     layers: list[int],
@@ -264,6 +291,10 @@ def build_student(
     layer_types = getattr(config, "layer_types", None)
     if isinstance(layer_types, list | tuple) and len(layer_types) == depth:
         config.layer_types = [layer_types[i] for i in layers]
+    try:
+        _check_layer_weights(config, full[0], layers, student_state)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
     stats = {
         "parent": name,
         "model_type": config.model_type,
