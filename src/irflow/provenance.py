@@ -148,17 +148,25 @@ def json_safe(value):
 # ---------------------------------------------------------------------------------------------
 # Digests
 # ---------------------------------------------------------------------------------------------
+# Snakemake's marker in directory outputs: written after the job, its content is a time.
+IGNORED_IN_DIRECTORIES = frozenset({".snakemake_timestamp"})
+
+
 def directory_digest(path: str | os.PathLike) -> tuple[str, int, int]:
     """sha256 over the sorted relative paths and file digests of a directory; (digest, size, n).
 
     Written here rather than taken from a library because the digest must be stable across
     machines and file systems: only relative POSIX paths and contents enter it (no mtimes,
-    permissions or ordering of os.walk).
+    permissions or ordering of os.walk), and Snakemake's ``.snakemake_timestamp`` marker is
+    left out (it is added after the job and holds no content of the artifact).
     """
     root = Path(path)
     digest = hashlib.sha256()
     size = 0
-    files = sorted(p for p in root.rglob("*") if p.is_file())
+    files = sorted(
+        (p for p in root.rglob("*") if p.is_file() and p.name not in IGNORED_IN_DIRECTORIES),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
     for file in files:
         rel = file.relative_to(root).as_posix()
         digest.update(f"{rel}\0{sha256_file(file)}\n".encode())
