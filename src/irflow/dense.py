@@ -1,6 +1,11 @@
 """Bi-encoder (sentence-transformers) corpus encoding, exact dense retrieval and reranking.
 
-Embeddings are L2-normalised, so the dot products below are cosine similarities.
+Embeddings are L2-normalised, so the dot products below are cosine similarities. Texts go
+through :func:`irflow.batching.encode_texts` (the teachers' batching: each distinct text once,
+token-length sorted, batches by a token budget, inference mode); the embeddings equal
+``SentenceTransformer.encode(..., normalize_embeddings=True)`` to float32 rounding, only faster
+(benchmarks/results/encoding.md). ``batch_size`` caps the rows of a batch, ``batch_tokens``
+its padded tokens (default :data:`irflow.batching.DEFAULT_BATCH_TOKENS` for the device).
 """
 
 from __future__ import annotations
@@ -11,32 +16,35 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from irflow.batching import embedding_dimension, encode_texts
 from irflow.data import candidate_texts, doc_texts
 from irflow.io import InputError, atomic_output, write_json_atomic
 
 
-def _encode(model, texts: list[str], batch_size: int, prompt: str | None = None) -> np.ndarray:
-    import torch
-
-    with torch.inference_mode():
-        emb = model.encode(
-            texts,
-            batch_size=batch_size,
-            convert_to_numpy=True,
-            normalize_embeddings=True,
-            show_progress_bar=False,
-            prompt=prompt,
-        )
-    return emb.astype(np.float32, copy=False)
+def _encode(
+    model,
+    texts: list[str],
+    batch_size: int,
+    prompt: str | None = None,
+    batch_tokens: int | None = None,
+) -> np.ndarray:
+    return encode_texts(
+        model, texts, prompt=prompt, batch_tokens=batch_tokens, max_batch=batch_size
+    )
 
 
 def encode_corpus(
-    model, corpus_parquet: str, out_dir: str, batch_size: int = 64, chunk: int = 20_000
+    model,
+    corpus_parquet: str,
+    out_dir: str,
+    batch_size: int = 64,
+    chunk: int = 20_000,
+    batch_tokens: int | None = None,
 ) -> None:
     """Encode the corpus chunk by chunk into ``embeddings.npy`` (memory-mapped, float32)."""
     parquet = pq.ParquetFile(corpus_parquet)
     total = parquet.metadata.num_rows
-    dim = model.get_sentence_embedding_dimension()
+    dim = embedding_dimension(model)
     with atomic_output(out_dir, directory=True) as tmp:
         matrix = np.lib.format.open_memmap(
             tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dim)
@@ -45,7 +53,8 @@ def encode_corpus(
         offset = 0
         for batch in parquet.iter_batches(batch_size=chunk, columns=["doc_id", "title", "text"]):
             texts = doc_texts(batch)
-            matrix[offset : offset + len(texts)] = _encode(model, texts, batch_size)
+            emb = _encode(model, texts, batch_size, None, batch_tokens)
+            matrix[offset : offset + len(texts)] = emb
             doc_ids.extend(batch.column("doc_id").to_pylist())
             offset += len(texts)
         matrix.flush()
@@ -62,18 +71,40 @@ def load_embeddings(emb_dir: str) -> tuple[np.ndarray, list[str]]:
     return matrix, doc_ids
 
 
+def truncate_dim(emb: np.ndarray, dim: int | None) -> np.ndarray:
+    """Matryoshka: the first ``dim`` dimensions of each row, L2-renormalised (dot products stay
+    cosines; the direction equals truncating the raw embedding). ``None``: unchanged."""
+    if dim is None or dim == emb.shape[1]:
+        return emb
+    if not 1 <= dim < emb.shape[1]:
+        raise InputError(f"dim {dim} is not between 1 and the embedding dimension {emb.shape[1]}")
+    cut = np.asarray(emb[:, :dim], dtype=np.float32)
+    norms = np.linalg.norm(cut, axis=1, keepdims=True)
+    # torch.nn.functional.normalize's eps: an all-zero prefix stays zero instead of NaN.
+    return cut / np.maximum(norms, 1e-12)
+
+
 def exact_search(
-    query_emb: np.ndarray, doc_emb: np.ndarray, k: int, chunk: int = 65_536
+    query_emb: np.ndarray,
+    doc_emb: np.ndarray,
+    k: int,
+    chunk: int = 65_536,
+    dim: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k inner-product search over document chunks; returns (scores, indices)."""
+    """Exact top-k inner-product search over document chunks; returns (scores, indices).
+
+    ``dim`` truncates both sides (:func:`truncate_dim`), the documents chunk by chunk so the
+    memory-mapped matrix is never copied whole.
+    """
     import torch
 
     k = min(k, doc_emb.shape[0])
-    queries = torch.from_numpy(np.ascontiguousarray(query_emb))
+    queries = torch.from_numpy(np.ascontiguousarray(truncate_dim(query_emb, dim)))
     best_scores = torch.full((queries.shape[0], 0), float("-inf"))
     best_index = torch.zeros((queries.shape[0], 0), dtype=torch.long)
     for start in range(0, doc_emb.shape[0], chunk):
-        block = torch.from_numpy(np.ascontiguousarray(doc_emb[start : start + chunk]))
+        block = doc_emb[start : start + chunk]
+        block = torch.from_numpy(np.ascontiguousarray(truncate_dim(block, dim)))
         scores = queries @ block.T
         top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         best_scores = torch.cat([best_scores, top.values], dim=1)
@@ -91,16 +122,19 @@ def dense_retrieve(
     k: int,
     batch_size: int = 64,
     query_prompt: str | None = None,
+    batch_tokens: int | None = None,
+    dim: int | None = None,
 ) -> dict[str, dict[str, float]]:
+    """Top-``k`` documents of each query by cosine (``dim``: Matryoshka truncation)."""
     doc_emb, doc_ids = load_embeddings(emb_dir)
     qids = sorted(queries)
-    query_emb = _encode(model, [queries[q] for q in qids], batch_size, prompt=query_prompt)
+    query_emb = _encode(model, [queries[q] for q in qids], batch_size, query_prompt, batch_tokens)
     if query_emb.shape[1] != doc_emb.shape[1]:
         raise InputError(
             f"{emb_dir}: corpus embeddings have dimension {doc_emb.shape[1]}, the query model "
             f"gives {query_emb.shape[1]}; encode the corpus with the same model"
         )
-    scores, index = exact_search(query_emb, doc_emb, k)
+    scores, index = exact_search(query_emb, doc_emb, k, dim=dim)
     return {
         qid: {doc_ids[index[row, col]]: float(scores[row, col]) for col in range(index.shape[1])}
         for row, qid in enumerate(qids)
@@ -115,17 +149,22 @@ def rerank_candidates(
     depth: int,
     batch_size: int = 64,
     query_prompt: str | None = None,
+    batch_tokens: int | None = None,
+    dim: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Score each query's top-``depth`` candidates by cosine similarity."""
+    """Score each query's top-``depth`` candidates by cosine similarity (``dim``: Matryoshka
+    truncation, :func:`truncate_dim`)."""
     missing_queries = sorted(set(candidates) - set(queries))
     if missing_queries:
         raise InputError(f"candidate run has queries with no text: {missing_queries[:5]}")
     top, texts = candidate_texts(corpus_parquet, candidates, depth)
     needed = list(texts)
-    doc_emb = _encode(model, [texts[d] for d in needed], batch_size)
+    doc_emb = _encode(model, [texts[d] for d in needed], batch_size, None, batch_tokens)
+    doc_emb = truncate_dim(doc_emb, dim)
     row_of = {d: i for i, d in enumerate(needed)}
     qids = sorted(top)
-    query_emb = _encode(model, [queries[q] for q in qids], batch_size, prompt=query_prompt)
+    query_emb = _encode(model, [queries[q] for q in qids], batch_size, query_prompt, batch_tokens)
+    query_emb = truncate_dim(query_emb, dim)
     run = {}
     for qi, qid in enumerate(qids):
         scores = doc_emb[[row_of[d] for d in top[qid]]] @ query_emb[qi]

@@ -27,7 +27,8 @@ deduplicated (a bi-encoder embeds each query and each document once, however man
 it; the pair kinds score each distinct pair once), sorted by token length and cut into batches
 by a *token budget* (``batch_tokens`` padded tokens, at most ``max_batch`` rows) instead of a
 fixed count, so short inputs go in large batches and long ones in small batches; everything runs
-under ``torch.inference_mode()``. On GPU the models load in bf16 with SDPA attention
+under ``torch.inference_mode()``. The batching (and its defaults) lives in :mod:`irflow.batching`,
+shared with the bi-encoder encoding and reranking of :mod:`irflow.dense`. On GPU the models load in bf16 with SDPA attention
 (:func:`irflow.models.model_kwargs`).
 
 **Memory** is bounded by one chunk: the shard's sample ids (Arrow), the Arrow text of the
@@ -83,6 +84,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from irflow.batching import (
+    DEFAULT_MAX_BATCH,
+    Counters,
+    default_batch_tokens,
+    encode_texts,
+    plan_batches,
+)
+from irflow.batching import tokenizer_max_length as _tokenizer_max_length
+from irflow.batching import unique as _unique
 from irflow.io import InputError, sha256_file, write_json_atomic
 from irflow.models import ModelRef
 from irflow.training_data.artifacts import ParquetSink, check_columns, read_meta
@@ -114,10 +124,8 @@ DEFAULT_TEMPLATE = (
 )
 
 DEFAULT_CHUNK_SAMPLES = 256
-# Padded tokens per batch. On CPU the best value is flat between about 4k and 16k tokens for
-# MiniLM-size models (benchmarks/teacher_scoring.py); GPUs want far larger batches.
-DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
-DEFAULT_MAX_BATCH = 512
+# Batching by token budget is shared with the bi-encoder paths (irflow.batching), and so are
+# its defaults (DEFAULT_BATCH_TOKENS per device, DEFAULT_MAX_BATCH rows).
 
 
 @dataclass(frozen=True)
@@ -185,54 +193,6 @@ class TeacherSpec:
 
 
 # ---------------------------------------------------------------------------------------------
-# Batching
-# ---------------------------------------------------------------------------------------------
-def plan_batches(lengths: Sequence[int], batch_tokens: int, max_batch: int) -> list[list[int]]:
-    """Indices grouped longest first into batches of at most ``batch_tokens`` padded tokens.
-
-    Ties keep input order, so the plan is a pure function of the lengths.
-    """
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    batches: list[list[int]] = []
-    start = 0
-    while start < len(order):
-        longest = max(1, lengths[order[start]])
-        size = max(1, min(max_batch, batch_tokens // longest))
-        batches.append(order[start : start + size])
-        start += size
-    return batches
-
-
-def _unique(items: Sequence) -> tuple[list, np.ndarray]:
-    """Distinct items in first-seen order, and each input's index into them."""
-    position: dict = {}
-    index = np.empty(len(items), dtype=np.int64)
-    for i, item in enumerate(items):
-        index[i] = position.setdefault(item, len(position))
-    return list(position), index
-
-
-@dataclass
-class Counters:
-    """Work done, for the stats: inputs run through the model, batches and tokens."""
-
-    pairs: int = 0
-    model_inputs: int = 0
-    batches: int = 0
-    tokens: int = 0
-    padded_tokens: int = 0
-
-    def add_batches(self, lengths: Sequence[int], batches: list[list[int]]) -> None:
-        self.model_inputs += len(lengths)
-        self.batches += len(batches)
-        self.tokens += int(sum(lengths))
-        self.padded_tokens += int(sum(len(b) * lengths[b[0]] for b in batches))
-
-    def as_dict(self) -> dict[str, int]:
-        return dict(self.__dict__)
-
-
-# ---------------------------------------------------------------------------------------------
 # Teachers
 # ---------------------------------------------------------------------------------------------
 @dataclass
@@ -256,7 +216,7 @@ class Teacher:
     def batch_tokens(self) -> int:
         if self.spec.batch_tokens:
             return self.spec.batch_tokens
-        return DEFAULT_BATCH_TOKENS["cuda" if str(self.device).startswith("cuda") else "cpu"]
+        return default_batch_tokens(self.device)
 
     def scoring(self) -> dict[str, Any]:
         return {"batch_tokens": self.batch_tokens, "max_batch": self.spec.max_batch}
@@ -276,29 +236,8 @@ class Teacher:
         raise NotImplementedError
 
 
-def _tokenizer_max_length(tokenizer, fallback: int | None = None) -> int:
-    limit = getattr(tokenizer, "model_max_length", None)
-    if limit is None or limit > 1_000_000:
-        return fallback or 512
-    return int(limit)
-
-
 class BiEncoderTeacher(Teacher):
     """Cosine similarity of normalised ``SentenceTransformer`` embeddings."""
-
-    def _lengths(self, texts: list[str], prompt: str | None) -> list[int]:
-        tokenizer = getattr(self.model, "tokenizer", None)
-        if tokenizer is None:
-            return [len(t) // 4 + 1 for t in texts]
-        limit = self.model.max_seq_length or _tokenizer_max_length(tokenizer)
-        encoded = tokenizer(
-            [f"{prompt}{t}" for t in texts] if prompt else texts,
-            truncation=True,
-            max_length=limit,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        return [len(ids) for ids in encoded]
 
     def embed(self, texts: list[str], role: str = "document") -> np.ndarray:
         """Normalised embeddings, via ``encode_query`` or ``encode_document`` (``role``).
@@ -307,26 +246,15 @@ class BiEncoderTeacher(Teacher):
         symmetric models such as MiniLM they are exactly ``encode``); the spec's
         ``query_prompt``/``document_prompt`` override the model's prompts.
         """
-        prompt = self.spec.query_prompt if role == "query" else self.spec.document_prompt
-        encode = self.model.encode_query if role == "query" else self.model.encode_document
-        default_prompt = getattr(self.model, "prompts", {}).get(role)
-        lengths = self._lengths(texts, prompt if prompt is not None else default_prompt)
-        batches = plan_batches(lengths, self.batch_tokens, self.spec.max_batch)
-        self.counters.add_batches(lengths, batches)
-        out: np.ndarray | None = None
-        for batch in batches:
-            emb = encode(
-                [texts[i] for i in batch],
-                batch_size=len(batch),
-                prompt=prompt,
-                normalize_embeddings=True,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-            if out is None:
-                out = np.empty((len(texts), emb.shape[1]), dtype=np.float32)
-            out[batch] = emb
-        return out
+        return encode_texts(
+            self.model,
+            texts,
+            role=role,
+            prompt=self.spec.query_prompt if role == "query" else self.spec.document_prompt,
+            batch_tokens=self.batch_tokens,
+            max_batch=self.spec.max_batch,
+            counters=self.counters,
+        )
 
     def _score(self, queries: list[str], docs: list[str]) -> np.ndarray:
         unique_q, q_index = _unique(queries)
