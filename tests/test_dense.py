@@ -1,4 +1,5 @@
-"""Bi-encoder paths (irflow.dense) and their shared batching (irflow.batching).
+"""Bi-encoder paths (irflow.dense), cross-encoder reranking (irflow.cross_encoder) and their
+shared batching (irflow.batching).
 
 The embeddings must equal the plain library call, ``SentenceTransformer.encode(texts,
 normalize_embeddings=True)``, within 1e-5 whatever the batching, and run files must rank as the
@@ -206,6 +207,40 @@ def test_rerank_refuses_queries_without_text_and_unknown_documents(bi_encoder, t
         rerank_candidates(bi_encoder, str(corpus), {"q1": "cat"}, {"q2": {"d1": 1.0}}, depth=5)
     with pytest.raises(InputError, match=r"not in the corpus.*'ghost'"):
         rerank_candidates(bi_encoder, str(corpus), {"q1": "cat"}, {"q1": {"ghost": 1.0}}, depth=5)
+
+
+def test_cross_encoder_pairs_and_rerank_equal_the_library(tiny_models, tmp_path):  # noqa: F811
+    import torch
+
+    from irflow.batching import predict_pairs
+    from irflow.cross_encoder import load_cross_encoder
+    from irflow.cross_encoder import rerank_candidates as cross_rerank
+    from irflow.models import ModelRef
+
+    model = load_cross_encoder(ModelRef("ce", path=str(tiny_models["cross-encoder"])), "cpu")
+    texts = random_texts(12, seed=4)
+    pairs = [(texts[i % 3], texts[i]) for i in range(12)] + [(texts[0], texts[3])]
+    expected = model.predict(pairs, activation_fn=torch.nn.Identity(), show_progress_bar=False)
+    counters = Counters()
+    got = predict_pairs(model, pairs, batch_tokens=60, counters=counters)
+    np.testing.assert_allclose(got, expected, atol=ATOL, rtol=0)
+    assert counters.model_inputs == 12  # the repeated pair is scored once
+    assert predict_pairs(model, []).shape == (0,)
+
+    corpus = corpus_file(tmp_path / "corpus.parquet", n=15)
+    table = pq.read_table(corpus)
+    text_of = dict(zip(table.column("doc_id").to_pylist(), doc_texts(table), strict=True))
+    queries = {"q1": "cat dog", "q2": "river city"}
+    candidates = {q: {f"d{i}": float(-i) for i in range(15)} for q in queries}
+    run = cross_rerank(model, str(corpus), queries, candidates, depth=8, batch_tokens=64)
+    for qid in queries:
+        top = [f"d{i}" for i in range(8)]
+        scores = model.predict(
+            [(queries[qid], text_of[d]) for d in top],
+            activation_fn=torch.nn.Identity(),
+            show_progress_bar=False,
+        )
+        assert_same_ranking(run[qid], dict(zip(top, map(float, scores), strict=True)), k=8)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -172,3 +172,55 @@ def encode_texts(
                 out = np.empty((len(distinct), emb.shape[1]), dtype=np.float32)
             out[batch] = emb
     return out if len(distinct) == len(texts) else out[index]
+
+
+def pair_lengths(model, pairs: Sequence[tuple[str, str]]) -> list[int]:
+    """Token counts of (query, document) pairs as a ``CrossEncoder`` truncates them."""
+    tokenizer = model.tokenizer
+    limit = getattr(model, "max_seq_length", None) or tokenizer_max_length(tokenizer)
+    encoded = tokenizer(
+        [q for q, _ in pairs],
+        [d for _, d in pairs],
+        truncation="longest_first",
+        max_length=limit,
+        return_attention_mask=False,
+        return_token_type_ids=False,
+    )["input_ids"]
+    return [len(ids) for ids in encoded]
+
+
+def predict_pairs(
+    model,
+    pairs: Sequence[tuple[str, str]],
+    *,
+    batch_tokens: int | None = None,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    counters: Counters | None = None,
+) -> np.ndarray:
+    """Raw float32 outputs (activation Identity) of a one-label ``CrossEncoder`` for ``pairs``.
+
+    Equal to ``CrossEncoder.predict(pairs, activation_fn=Identity())`` to float32 rounding;
+    each distinct pair is scored once, in batches by token budget.
+    """
+    import torch
+
+    if not pairs:
+        return np.zeros(0, dtype=np.float32)
+    distinct, index = unique([tuple(p) for p in pairs])
+    lengths = pair_lengths(model, distinct)
+    budget = batch_tokens or default_batch_tokens(getattr(model, "device", "cpu"))
+    batches = plan_batches(lengths, budget, max_batch)
+    if counters is not None:
+        counters.add_batches(lengths, batches)
+    scores = np.empty(len(distinct), dtype=np.float32)
+    identity = torch.nn.Identity()
+    with torch.inference_mode():
+        for batch in batches:
+            scores[batch] = model.predict(
+                [distinct[i] for i in batch],
+                batch_size=len(batch),
+                activation_fn=identity,
+                convert_to_numpy=True,
+                show_progress_bar=False,
+            )
+    return scores if len(distinct) == len(pairs) else scores[index]

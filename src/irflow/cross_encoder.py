@@ -6,6 +6,7 @@ losses downstream need the unsquashed values.
 
 from __future__ import annotations
 
+from irflow.batching import predict_pairs
 from irflow.data import candidate_texts
 from irflow.io import InputError
 from irflow.models import ModelRef, model_kwargs
@@ -40,18 +41,16 @@ def rerank_candidates(
     candidates: dict[str, dict[str, float]],
     depth: int,
     batch_size: int = 32,
+    batch_tokens: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    import torch
-
+    """Raw scores of each query's top-``depth`` candidates, batched by token budget
+    (:func:`irflow.batching.predict_pairs`; ``batch_size`` caps the rows of a batch)."""
     missing_queries = sorted(set(candidates) - set(queries))
     if missing_queries:
         raise InputError(f"candidate run has queries with no text: {missing_queries[:5]}")
     top, texts = candidate_texts(corpus_parquet, candidates, depth)
     pairs = [(queries[qid], texts[d]) for qid in sorted(top) for d in top[qid]]
-    with torch.inference_mode():
-        scores = model.predict(
-            pairs, batch_size=batch_size, show_progress_bar=False, convert_to_numpy=True
-        )
+    scores = predict_pairs(model, pairs, batch_tokens=batch_tokens, max_batch=batch_size)
     run: dict[str, dict[str, float]] = {}
     position = 0
     for qid in sorted(top):

@@ -27,8 +27,9 @@ deduplicated (a bi-encoder embeds each query and each document once, however man
 it; the pair kinds score each distinct pair once), sorted by token length and cut into batches
 by a *token budget* (``batch_tokens`` padded tokens, at most ``max_batch`` rows) instead of a
 fixed count, so short inputs go in large batches and long ones in small batches; everything runs
-under ``torch.inference_mode()``. The batching (and its defaults) lives in :mod:`irflow.batching`,
-shared with the bi-encoder encoding and reranking of :mod:`irflow.dense`. On GPU the models load in bf16 with SDPA attention
+under ``torch.inference_mode()``. The batching (and its defaults) lives in
+:mod:`irflow.batching`, shared with the encoding and reranking of :mod:`irflow.dense` and
+:mod:`irflow.cross_encoder`. On GPU the models load in bf16 with SDPA attention
 (:func:`irflow.models.model_kwargs`).
 
 **Memory** is bounded by one chunk: the shard's sample ids (Arrow), the Arrow text of the
@@ -90,6 +91,7 @@ from irflow.batching import (
     default_batch_tokens,
     encode_texts,
     plan_batches,
+    predict_pairs,
 )
 from irflow.batching import tokenizer_max_length as _tokenizer_max_length
 from irflow.batching import unique as _unique
@@ -276,34 +278,13 @@ class CrossEncoderTeacher(Teacher):
             )
 
     def _score(self, queries: list[str], docs: list[str]) -> np.ndarray:
-        import torch
-
-        pairs, index = _unique(list(zip(queries, docs, strict=True)))
-        tokenizer = self.model.tokenizer
-        limit = self.model.max_seq_length or _tokenizer_max_length(tokenizer)
-        encoded = tokenizer(
-            [q for q, _ in pairs],
-            [d for _, d in pairs],
-            truncation="longest_first",
-            max_length=limit,
-            return_attention_mask=False,
-            return_token_type_ids=False,
-        )["input_ids"]
-        lengths = [len(ids) for ids in encoded]
-        del encoded
-        batches = plan_batches(lengths, self.batch_tokens, self.spec.max_batch)
-        self.counters.add_batches(lengths, batches)
-        scores = np.empty(len(pairs), dtype=np.float32)
-        identity = torch.nn.Identity()
-        for batch in batches:
-            scores[batch] = self.model.predict(
-                [pairs[i] for i in batch],
-                batch_size=len(batch),
-                activation_fn=identity,
-                convert_to_numpy=True,
-                show_progress_bar=False,
-            )
-        return scores[index]
+        return predict_pairs(
+            self.model,
+            list(zip(queries, docs, strict=True)),
+            batch_tokens=self.batch_tokens,
+            max_batch=self.spec.max_batch,
+            counters=self.counters,
+        )
 
 
 class CausalLMTeacher(Teacher):
