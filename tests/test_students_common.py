@@ -1,8 +1,8 @@
 """Shared builders for the students tests: tiny random models and a tiny scored training set.
 
 Imported by the other ``test_students_*`` modules (it holds no tests itself). Every model is a
-few-thousand-parameter random network with dropout off, built in a temporary directory, so a
-forward pass or a training step takes milliseconds.
+few-thousand-parameter random network (dropout off unless asked for), built in a temporary
+directory, so a forward pass or a training step takes milliseconds.
 """
 
 from __future__ import annotations
@@ -23,10 +23,9 @@ protein cell gene drug virus heart brain blood study trial effect risk water fir
 """
 WORDS = WORD_TEXT.split()
 VOCAB = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-NO_DROPOUT = {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
 
 
-def tiny_bert(folder: Path, layers: int = 4, seed: int = 0) -> Path:
+def tiny_bert(folder: Path, layers: int = 4, seed: int = 0, dropout: float = 0.0) -> Path:
     """A BertModel with its WordPiece tokenizer."""
     import torch
     from transformers import BertConfig, BertModel, BertTokenizerFast
@@ -43,19 +42,20 @@ def tiny_bert(folder: Path, layers: int = 4, seed: int = 0) -> Path:
         num_attention_heads=2,
         intermediate_size=64,
         max_position_embeddings=64,
-        **NO_DROPOUT,
+        hidden_dropout_prob=dropout,
+        attention_probs_dropout_prob=dropout,
     )
     BertModel(config).save_pretrained(folder)
     return folder
 
 
-def tiny_bi_encoder(folder: Path, layers: int = 4, seed: int = 0) -> Path:
+def tiny_bi_encoder(folder: Path, layers: int = 4, seed: int = 0, dropout: float = 0.0) -> Path:
     """A sentence-transformers folder: tiny BERT, mean pooling, normalisation."""
     from sentence_transformers import SentenceTransformer
     from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
     from sentence_transformers.sentence_transformer.modules import Transformer as STTransformer
 
-    bert = tiny_bert(folder.parent / f"{folder.name}-bert", layers, seed)
+    bert = tiny_bert(folder.parent / f"{folder.name}-bert", layers, seed, dropout)
     modules = [STTransformer(str(bert), max_seq_length=48), Pooling(32, "mean"), Normalize()]
     SentenceTransformer(modules=modules, device="cpu").save(str(folder))
     return folder

@@ -20,8 +20,7 @@ samples with fewer are dropped and counted. Dataset formats (one per objective, 
 ``ntuple_scores``  as ``ntuple`` plus ``label`` (list<float32>): the teacher's raw scores
                    ``[pos_score, neg_score_1, ..., neg_score_k]``
 
-Rows keep the scores file's sample order; shuffling is the batch sampler's job
-(:class:`EpochSeededBatchSampler`).
+Rows keep the scores file's sample order; shuffling is the batch sampler's job.
 """
 
 from __future__ import annotations
@@ -185,15 +184,15 @@ def text_lengths(dataset) -> list[int]:
 
 
 class EpochSeededBatchSampler(DefaultBatchSampler):
-    """Shuffled batches whose order depends only on the seed and the epoch.
+    """Shuffled batches, optionally grouped by length, whose order depends only on the seed and
+    the epoch (reseeded with ``seed + epoch``, as the library's samplers are), so a run resumed
+    in a later epoch sees the same batches.
 
-    Why not the library's default sampler: it shuffles with one generator seeded once, so the
-    order of epoch ``e`` depends on having iterated epochs ``0..e-1`` in the same process, and a
-    run resumed from a checkpoint in a later epoch would see a different order. This one reseeds
-    with ``seed + epoch`` at every epoch (as the library's other samplers do), so a resumed run
-    is bit-identical. With ``group_by_length``, rows are sorted by text length inside shuffled
-    mega-batches of ``megabatch_batches`` batches and the batches are then shuffled, so batches
-    hold similar lengths (less padding) without ordering the epoch by length.
+    Written here because sentence-transformers' trainers have no length grouping (the Hugging
+    Face ``group_by_length`` needs tokenized inputs, and sentence-transformers tokenizes in the
+    collator). With ``group_by_length``, rows are sorted by text length (characters) inside
+    shuffled mega-batches of ``megabatch_batches`` batches and the batches are then shuffled, so
+    batches hold similar lengths (less padding) without ordering the epoch by length.
 
     Pass ``functools.partial(EpochSeededBatchSampler, group_by_length=...)`` as the training
     arguments' ``batch_sampler`` (a module-level class, so checkpoints can pickle the arguments).

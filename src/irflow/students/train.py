@@ -11,10 +11,12 @@ library:
   bi-encoder folder (or a bare encoder) that is the encoder with a fresh, seeded one-logit head.
   A bi-encoder student is ``SentenceTransformer(init_dir)``. :func:`save_untrained` writes
   exactly the model training starts from (the "untrained" baseline).
-* **Determinism.** Batches come from :class:`~irflow.students.data.EpochSeededBatchSampler`
-  (or the library's no-duplicates sampler, also reseeded per epoch); dropout and in-batch
-  sampling use the seeded global RNGs. Two runs with the same spec and inputs give
-  byte-identical weights on CPU.
+* **Determinism.** Batches are shuffled by the library's samplers, reseeded with
+  ``seed + epoch`` at every epoch (accelerate's seedable sampler; the no-duplicates sampler
+  reseeds itself), or with ``group_by_length`` by
+  :class:`~irflow.students.data.EpochSeededBatchSampler`, seeded the same way; dropout and
+  in-batch negative sampling use the seeded global RNGs. Two runs with the same spec and
+  inputs give byte-identical weights on CPU.
 * **Checkpoints and resume.** With ``checkpoint_every_steps`` the Trainer saves model,
   optimizer, scheduler, RNG states and step to ``checkpoint_dir/checkpoint-<step>``; a
   checkpoint counts only once a completion marker is written after it (the Trainer writes them
@@ -332,12 +334,12 @@ def _training_args(
         )
     else:
         from sentence_transformers import SentenceTransformerTrainingArguments as Arguments
-    if spec.batch_sampler == "no_duplicates":
-        batch_sampler: Any = "no_duplicates"
+    if spec.group_by_length:
+        batch_sampler: Any = functools.partial(EpochSeededBatchSampler, group_by_length=True)
+    elif spec.batch_sampler == "no_duplicates":
+        batch_sampler = "no_duplicates"
     else:
-        batch_sampler = functools.partial(
-            EpochSeededBatchSampler, group_by_length=spec.group_by_length
-        )
+        batch_sampler = "batch_sampler"
     return Arguments(
         output_dir=str(output_dir),
         per_device_train_batch_size=spec.batch_size * rows,
