@@ -161,8 +161,11 @@ def write_reproduction_table(
 
 
 def read_reproduction_table(path: str | os.PathLike) -> pd.DataFrame:
+    numbers = {c: float for c in ("expected", "tolerance", "measured", "difference")}
     return pd.read_csv(
-        path, sep="\t", dtype={"run": str, "dataset": str, "source": str, "note": str}
+        path,
+        sep="\t",
+        dtype={"run": str, "dataset": str, "source": str, "note": str, **numbers},
     ).fillna({"source": "", "note": ""})
 
 

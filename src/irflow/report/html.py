@@ -26,6 +26,7 @@ from pathlib import Path
 import pandas as pd
 import yaml
 
+from irflow.checks import read_reproduction_table
 from irflow.io import InputError, write_text_atomic
 from irflow.provenance import now_iso, redact
 from irflow.report import plots
@@ -81,13 +82,15 @@ def fmt(value, digits: int = 4) -> str:
 
 
 def _integral(series: pd.Series) -> bool:
-    """A float column holding only whole numbers (counts with gaps read as NaN)."""
+    """A float column of counts (read as float because of gaps): whole numbers only, and some
+    above 1, so that a measure in [0, 1] that happens to be 0 or 1 everywhere keeps its
+    decimals."""
     values = pd.to_numeric(series, errors="coerce").dropna()
     return (
         series.dtype.kind == "f"
         and len(values) > 0
         and bool((values % 1 == 0).all())
-        and bool((values.abs() >= 1).any())
+        and bool((values.abs() > 1).any())
     )
 
 
@@ -118,8 +121,8 @@ def table(frame: pd.DataFrame, classes: Mapping[str, str] | None = None, digits:
 
 def command_for(inputs: ReportInputs, target: str) -> str:
     parts = ["snakemake", "--profile", inputs.profile]
-    for configfile in inputs.configfiles:
-        parts += ["--configfile", configfile]
+    # --configfile takes several values: the '=' form keeps it from swallowing the target.
+    parts += [f"--configfile={configfile}" for configfile in inputs.configfiles]
     parts.append(target)
     return shlex.join(parts)
 
@@ -256,7 +259,7 @@ def curve_plots(inputs: ReportInputs) -> list[dict]:
 def reproduction_section(inputs: ReportInputs) -> dict | None:
     if not _exists(inputs.reproduction):
         return None
-    frame = _read_tsv(inputs.reproduction).fillna({"source": "", "note": ""})
+    frame = read_reproduction_table(inputs.reproduction)
     counts = {s: int((frame["status"] == s).sum()) for s in ("reproduced", "missed", "missing")}
     return {"table": table(frame, classes={"status": "status"}), "counts": counts}
 
