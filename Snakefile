@@ -19,6 +19,7 @@ include: "rules/data.smk"
 include: "rules/first_stage.smk"
 include: "rules/rerank.smk"
 include: "rules/training_data.smk"
+include: "rules/students.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 
@@ -27,3 +28,19 @@ rule all:
     default_target: True
     input:
         all_targets(),
+
+
+# Named stages: `snakemake baselines`, `snakemake training_data`, `snakemake studies`.
+rule baselines:
+    input:
+        baseline_targets(),
+
+
+rule training_data:
+    input:
+        training_data_targets(),
+
+
+rule studies:
+    input:
+        study_targets(),

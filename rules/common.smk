@@ -1,4 +1,6 @@
 # Configuration validation, names, resources and input functions shared by every rule family.
+import re
+
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
@@ -75,6 +77,178 @@ def check_references():
                 f"config: training_data[{i}] lists filters but no teachers: consistency "
                 f"filters work on teacher scores"
             )
+
+
+# ---------------------------------------------------------------------------------------------
+# Produced models: GUIDE inits and trained students are models (and rerankers) by name
+# ---------------------------------------------------------------------------------------------
+# Registering them in config["models"] (and "rerankers") lets every rule that takes a model —
+# reranking, dense retrieval, teacher scoring — take a produced one unchanged; model_input()
+# then adds the producing rule's output directory as the job's input.
+PRODUCED_MODELS = {}
+
+
+def _register(section, name, entry, origin):
+    if name in config.setdefault(section, {}):
+        raise WorkflowError(
+            f"config: {origin} defines the {section[:-1]} name {name!r}, which is already "
+            f"configured under '{section}:'; rename one of them"
+        )
+    config[section][name] = entry
+
+
+def _model_settings(name):
+    base = config["models"][name]
+    return {
+        k: base[k] for k in ("max_length", "batch_size", "query_prompt") if k in base
+    }
+
+
+def register_produced_models():
+    for name, spec in config["inits"].items():
+        check_reference(f"inits.{name}.from", "models", spec["from"])
+        entry = {
+            "path": f"{RESULTS}/inits/{name}/model",
+            **_model_settings(spec["from"]),
+        }
+        _register("models", name, entry, f"inits.{name}")
+        PRODUCED_MODELS[name] = entry["path"]
+    # Students may start from other students: register in dependency order.
+    pending = dict(config["students"])
+    while pending:
+        ready = [n for n, s in pending.items() if s["init"] not in pending]
+        if not ready:
+            raise WorkflowError(
+                f"config: students {sorted(pending)} initialise from each other in a cycle"
+            )
+        for name in ready:
+            spec = pending.pop(name)
+            check_reference(f"students.{name}.init", "models", spec["init"])
+            settings = _model_settings(spec["init"])
+            if "max_length" in spec["training"]:
+                settings["max_length"] = spec["training"]["max_length"]
+            settings["batch_size"] = spec["eval_batch_size"]
+            entry = {"path": f"{RESULTS}/students/{name}/model", **settings}
+            _register("models", name, entry, f"students.{name}")
+            PRODUCED_MODELS[name] = entry["path"]
+            if spec["kind"] == "cross-encoder":
+                untrained = {**entry, "path": f"{RESULTS}/students/{name}/untrained"}
+                _register("models", f"{name}.untrained", untrained, f"students.{name}")
+                PRODUCED_MODELS[f"{name}.untrained"] = untrained["path"]
+
+
+def study_variants(study):
+    """(arm, name, section, entry) of every model a study evaluates, in table order.
+
+    Cross-encoder arms rerank each evaluated dataset's candidates (registered as rerankers);
+    bi-encoder arms retrieve from the full corpus (registered as dense retrievers), also with
+    their embeddings cut to each Matryoshka dim. An untrained variant is the model training
+    starts from: for a bi-encoder its init itself (so arms sharing an init share its
+    embeddings), for a cross-encoder the init with its freshly initialised (seeded) head.
+    """
+    spec = config["studies"][study]
+    depth = spec["evaluate"][0]["depth"]
+    rows = []
+    for arm in spec["arms"]:
+        check_reference(f"studies.{study}.arms", "students", arm)
+        student = config["students"][arm]
+        if student["kind"] == "cross-encoder":
+            base = {"kind": "cross-encoder", "depth": depth}
+            rows.append((arm, arm, "rerankers", {**base, "model": arm}))
+            if spec["untrained"]:
+                entry = {**base, "model": f"{arm}.untrained"}
+                rows.append((arm, f"{arm}.untrained", "rerankers", entry))
+        else:
+            base = {"kind": "dense", "depth": depth}
+            rows.append((arm, arm, "retrievers", {**base, "model": arm}))
+            for dim in spec.get("matryoshka_dims", []):
+                entry = {**base, "model": arm, "dim": dim}
+                rows.append((arm, f"{arm}.dim{dim}", "retrievers", entry))
+            if spec["untrained"]:
+                entry = {**base, "model": student["init"]}
+                rows.append((arm, f"{arm}.untrained", "retrievers", entry))
+    return rows
+
+
+def study_run_path(section, name, retriever):
+    if section == "rerankers":
+        return f"rerank/{retriever}/{name}"
+    return f"first-stage/{name}"
+
+
+def register_study_models():
+    for study, spec in config["studies"].items():
+        for i, evaluation in enumerate(spec["evaluate"]):
+            where = f"studies.{study}.evaluate[{i}]"
+            check_reference(f"{where}.dataset", "datasets", evaluation["dataset"])
+            check_reference(f"{where}.retriever", "retrievers", evaluation["retriever"])
+        depths = {e["depth"] for e in spec["evaluate"]}
+        if len(depths) > 1:
+            raise WorkflowError(
+                f"config: studies.{study}.evaluate asks for depths {sorted(depths)}; a study "
+                f"evaluates every dataset to one depth"
+            )
+        if "baseline" in spec and spec["baseline"] not in spec["arms"]:
+            raise WorkflowError(
+                f"config: studies.{study}.baseline {spec['baseline']!r} is not one of its arms "
+                f"{spec['arms']}"
+            )
+        for _, name, section, entry in study_variants(study):
+            existing = config[section].get(name)
+            if existing is None:
+                config[section][name] = entry
+            elif existing != entry:
+                raise WorkflowError(
+                    f"config: studies.{study} evaluates {name!r} as {entry}, but '{section}:' "
+                    f"already has {name!r} as {existing} (another study, or configured); "
+                    f"give the studies one depth or rename"
+                )
+
+
+def model_input(name):
+    """The producing rule's output directory of a produced model; nothing for a configured one."""
+    return PRODUCED_MODELS.get(name, [])
+
+
+def check_student_data():
+    """A student's training data must be an artifact some training_data entry builds."""
+    built = set()
+    for build in config["training_data"]:
+        for miner in build["miners"]:
+            for teacher in build.get("teachers", []):
+                built.add((build["training_set"], miner, teacher, None))
+                for filt in build.get("filters", []):
+                    built.add((build["training_set"], miner, teacher, filt))
+    for name, spec in config["students"].items():
+        data = spec["data"]
+        for key in ("training_set", "miner", "teacher", "filter"):
+            if data.get(key) is not None:
+                check_reference(
+                    f"students.{name}.data.{key}",
+                    f"{key}s" if key != "training_set" else "training_sets",
+                    data[key],
+                )
+        key = (data["training_set"], data["miner"], data["teacher"], data.get("filter"))
+        if key not in built:
+            raise WorkflowError(
+                f"config: students.{name}.data asks for {student_data_path(name)}, which no "
+                f"'training_data:' entry builds (rules merge_teacher_scores / consistency_filter "
+                f"produce it); add training_set {key[0]!r} with miner {key[1]!r}, teacher "
+                f"{key[2]!r}" + (f" and filter {key[3]!r}" if key[3] else "") + " there"
+            )
+
+
+def student_data_path(name):
+    data = config["students"][name]["data"]
+    base = f"{data['training_set']}/{data['miner']}/{data['teacher']}"
+    if data.get("filter"):
+        return f"{RESULTS}/filtered/{base}/{data['filter']}.parquet"
+    return f"{RESULTS}/teacher-scores/{base}.parquet"
+
+
+register_produced_models()
+register_study_models()
+check_student_data()
 
 
 check_references()
@@ -252,16 +426,86 @@ def teacher_shards(wildcards):
     return [f"{base}/shard-{i}-of-{shards}.parquet" for i in range(shards)]
 
 
+def baseline_targets():
+    return [f"{RESULTS}/tables/baselines.tsv", f"{RESULTS}/tables/baselines.md"]
+
+
+def training_data_targets():
+    if not config["training_data"]:
+        return []
+    return [f"{RESULTS}/tables/training-data.tsv", f"{RESULTS}/tables/training-data.md"]
+
+
+def study_targets():
+    return [
+        f"{RESULTS}/tables/studies/{study}.{ext}"
+        for study in config["studies"]
+        for ext in ("tsv", "md")
+    ]
+
+
 def all_targets():
-    targets = [f"{RESULTS}/tables/baselines.tsv", f"{RESULTS}/tables/baselines.md"]
-    if config["training_data"]:
-        targets += [
-            f"{RESULTS}/tables/training-data.tsv",
-            f"{RESULTS}/tables/training-data.md",
-        ]
-    return targets + report_targets()  # rules/report.smk
+    return (
+        baseline_targets()
+        + training_data_targets()
+        + study_targets()
+        + report_targets()  # rules/report.smk
+    )
 
 
 def dense_embeddings(wildcards):
     model = config["retrievers"][wildcards.retriever]["model"]
     return f"{RESULTS}/embeddings/{corpus_of(wildcards.dataset)}/{model}"
+
+
+# ---------------------------------------------------------------------------------------------
+# Students and studies (rules/students.smk)
+# ---------------------------------------------------------------------------------------------
+def names_of(section):
+    return "|".join(re.escape(n) for n in sorted(config[section])) or _nothing()
+
+
+def student_training_set(wildcards):
+    return config["students"][wildcards.student]["data"]["training_set"]
+
+
+def student_queries(wildcards):
+    return f"{RESULTS}/training-data/{student_training_set(wildcards)}/queries.parquet"
+
+
+def student_corpus(wildcards):
+    dataset = config["training_sets"][student_training_set(wildcards)]["dataset"]
+    return f"{RESULTS}/data/corpora/{corpus_of(dataset)}/corpus.parquet"
+
+
+def student_init(wildcards):
+    return model_input(config["students"][wildcards.student]["init"])
+
+
+def student_params(wildcards):
+    """Everything that decides a student's weights (and nothing else: a rerun trigger)."""
+    spec = config["students"][wildcards.student]
+    return {
+        "kind": spec["kind"],
+        "init": model_entry(spec["init"]),
+        "data": spec["data"],
+        "training": spec["training"],
+        "seed": spec["training"].get("seed", config["seed"]),
+    }
+
+
+def study_runs(study):
+    """(arm, variant name, dataset, run) rows of a study table, in table order."""
+    rows = []
+    for evaluation in config["studies"][study]["evaluate"]:
+        for arm, name, section, _ in study_variants(study):
+            run = study_run_path(section, name, evaluation["retriever"])
+            rows.append((arm, name, evaluation["dataset"], run))
+    return rows
+
+
+def study_metric_files(wildcards):
+    return [
+        f"{RESULTS}/metrics/{dataset}/{run}/per-query.tsv"
+        for _, _, dataset, run in study_runs(wildcards.study)
+    ]

@@ -50,6 +50,7 @@ rule bm25_retrieve:
 rule encode_corpus:
     input:
         corpus=f"{RESULTS}/data/corpora/{{corpus}}/corpus.parquet",
+        model=lambda wildcards: model_input(wildcards.model),
     output:
         embeddings=directory(f"{RESULTS}/embeddings/{{corpus}}/{{model}}"),
     log:
@@ -71,6 +72,9 @@ rule dense_retrieve:
     input:
         embeddings=lambda wildcards: dense_embeddings(wildcards),
         queries=queries_parquet,
+        model=lambda wildcards: model_input(
+            config["retrievers"][wildcards.retriever]["model"]
+        ),
     output:
         run=f"{RESULTS}/runs/{{dataset}}/first-stage/{{retriever}}.trec",
     log:
@@ -89,5 +93,6 @@ rule dense_retrieve:
             config["retrievers"][wildcards.retriever]["model"]
         ),
         depth=lambda wildcards: config["retrievers"][wildcards.retriever]["depth"],
+        dim=lambda wildcards: config["retrievers"][wildcards.retriever].get("dim"),
     script:
         "../workflow_scripts/dense_retrieve.py"

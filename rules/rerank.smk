@@ -6,6 +6,9 @@ rule rerank_bi_encoder:
         run=f"{RESULTS}/runs/{{dataset}}/first-stage/{{retriever}}.trec",
         corpus=corpus_parquet,
         queries=queries_parquet,
+        model=lambda wildcards: model_input(
+            config["rerankers"][wildcards.reranker]["model"]
+        ),
     output:
         run=f"{RESULTS}/runs/{{dataset}}/rerank/{{retriever}}/{{reranker}}.trec",
     log:
@@ -24,6 +27,7 @@ rule rerank_bi_encoder:
             config["rerankers"][wildcards.reranker]["model"]
         ),
         depth=lambda wildcards: config["rerankers"][wildcards.reranker]["depth"],
+        dim=lambda wildcards: config["rerankers"][wildcards.reranker].get("dim"),
     script:
         "../workflow_scripts/rerank_bi_encoder.py"
 
@@ -33,6 +37,9 @@ rule rerank_cross_encoder:
         run=f"{RESULTS}/runs/{{dataset}}/first-stage/{{retriever}}.trec",
         corpus=corpus_parquet,
         queries=queries_parquet,
+        model=lambda wildcards: model_input(
+            config["rerankers"][wildcards.reranker]["model"]
+        ),
     output:
         run=f"{RESULTS}/runs/{{dataset}}/rerank/{{retriever}}/{{reranker}}.trec",
     log:

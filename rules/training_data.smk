@@ -60,6 +60,9 @@ rule score_teacher_shard:
         negatives=f"{RESULTS}/training-data/{{train}}/negatives/{{miner}}.parquet",
         queries=f"{RESULTS}/training-data/{{train}}/queries.parquet",
         corpus=training_corpus,
+        model=lambda wildcards: model_input(
+            config["teachers"][wildcards.teacher]["model"]
+        ),
     output:
         shard=f"{RESULTS}/teacher-scores/{{train}}/{{miner}}/{{teacher}}/shard-{{shard}}-of-{{shards}}.parquet",
     log:

@@ -17,5 +17,6 @@ run = dense_retrieve(
     k=snakemake.params.depth,
     batch_size=spec.get("batch_size", 64),
     query_prompt=spec.get("query_prompt"),
+    dim=snakemake.params.dim,
 )
 write_trec_run(snakemake.output.run, run, tag=snakemake.wildcards.retriever)

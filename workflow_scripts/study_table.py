@@ -1,9 +1,9 @@
 """Rule study_table: one study's arms side by side with paired tests and per-query deltas."""
 
-from irflow import logs
+from irflow import job
 from irflow.studies import write_study_table
 
-logs.to_file(snakemake.log[0])
+job.start(snakemake)
 write_study_table(
     snakemake.wildcards.study,
     dict(snakemake.params.spec),

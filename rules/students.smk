@@ -1,0 +1,126 @@
+# Students: GUIDE initialisations, trained rerankers/embedders, and the study tables.
+# Evaluation runs reuse the rerank and first-stage rules: every student is registered as a model,
+# and a study's arms as rerankers (cross-encoders) or dense retrievers (bi-encoders); see
+# rules/common.smk, register_produced_models / register_study_models.
+
+
+rule init_student:
+    input:
+        parent=lambda wildcards: model_input(config["inits"][wildcards.init]["from"]),
+    output:
+        model=directory(f"{RESULTS}/inits/{{init}}/model"),
+        stats=f"{RESULTS}/inits/{{init}}/init.stats.json",
+    log:
+        log_path("init_student", "{init}"),
+    benchmark:
+        benchmark_path("init_student", "{init}")
+    wildcard_constraints:
+        init=names_of("inits"),
+    container:
+        container_image("torch")
+    threads: threads_for("init_student")
+    resources:
+        **resources_for("init_student"),
+    params:
+        parent=lambda wildcards: model_entry(config["inits"][wildcards.init]["from"]),
+        strategy=lambda wildcards: config["inits"][wildcards.init]["strategy"],
+        num_layers=lambda wildcards: config["inits"][wildcards.init].get("num_layers"),
+        layers=lambda wildcards: config["inits"][wildcards.init].get("layers"),
+    script:
+        "../workflow_scripts/init_student.py"
+
+
+rule train_student:
+    input:
+        data=lambda wildcards: student_data_path(wildcards.student),
+        queries=student_queries,
+        corpus=student_corpus,
+        init=student_init,
+    output:
+        model=directory(f"{RESULTS}/students/{{student}}/model"),
+        curves=f"{RESULTS}/students/{{student}}/curves.jsonl",
+        stats=f"{RESULTS}/students/{{student}}/train.stats.json",
+    log:
+        log_path("train_student", "{student}"),
+    benchmark:
+        benchmark_path("train_student", "{student}")
+    wildcard_constraints:
+        student=names_of("students"),
+    container:
+        container_image("torch")
+    threads: threads_for("train_student")
+    resources:
+        **resources_for("train_student"),
+    params:
+        student=student_params,
+        # Outside the declared outputs, so that a killed job's checkpoints survive and the
+        # rerun resumes from them (Snakemake deletes a failed job's outputs).
+        checkpoints=lambda wildcards: f"{RESULTS}/checkpoints/students/{wildcards.student}",
+    script:
+        "../workflow_scripts/train_student.py"
+
+
+rule untrained_student:
+    input:
+        init=student_init,
+    output:
+        model=directory(f"{RESULTS}/students/{{student}}/untrained"),
+    log:
+        log_path("untrained_student", "{student}"),
+    benchmark:
+        benchmark_path("untrained_student", "{student}")
+    wildcard_constraints:
+        student=names_of("students"),
+    container:
+        container_image("torch")
+    threads: threads_for("untrained_student")
+    resources:
+        **resources_for("untrained_student"),
+    params:
+        # Only what decides the starting weights: changing an objective or optimizer setting
+        # does not rebuild the untrained baseline.
+        kind=lambda wildcards: config["students"][wildcards.student]["kind"],
+        init=lambda wildcards: model_entry(
+            config["students"][wildcards.student]["init"]
+        ),
+        seed=lambda wildcards: student_params(wildcards)["seed"],
+        max_length=lambda wildcards: config["students"][wildcards.student][
+            "training"
+        ].get("max_length"),
+    script:
+        "../workflow_scripts/untrained_student.py"
+
+
+rule study_table:
+    input:
+        study_metric_files,
+    output:
+        tsv=report(
+            f"{RESULTS}/tables/studies/{{study}}.tsv",
+            caption="../reports/captions/study.rst",
+            category="Studies",
+            subcategory="{study}",
+            labels={"study": "{study}", "format": "TSV"},
+        ),
+        markdown=f"{RESULTS}/tables/studies/{{study}}.md",
+        per_query=f"{RESULTS}/tables/studies/{{study}}.per-query.tsv",
+    log:
+        log_path("study_table", "{study}"),
+    benchmark:
+        benchmark_path("study_table", "{study}")
+    wildcard_constraints:
+        study=names_of("studies"),
+    container:
+        container_image("eval")
+    threads: threads_for("study_table")
+    resources:
+        **resources_for("study_table"),
+    params:
+        rows=lambda wildcards: study_runs(wildcards.study),
+        spec=lambda wildcards: config["studies"][wildcards.study],
+        students=lambda wildcards: {
+            arm: config["students"][arm]
+            for arm in config["studies"][wildcards.study]["arms"]
+        },
+    script:
+        "../workflow_scripts/study_table.py"

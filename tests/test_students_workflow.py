@@ -1,0 +1,145 @@
+"""Students and studies through Snakemake: configs/ci-studies.yaml end to end (real MiniLM and
+data), rerun isolation of one arm, and the configuration errors a user meets first."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pandas as pd
+import pytest
+from workflow_helpers import (
+    MODELS,
+    SHARED_DATA,
+    absolute_config,
+    planned_jobs,
+    snakemake,
+)
+
+CONFIG = "configs/ci-studies.yaml"
+
+
+def _dry_run_error(tmp_path, config) -> str:
+    result = snakemake(tmp_path, config, "-n", check=False)
+    assert result.returncode != 0, "a bad config must stop the workflow"
+    assert not (tmp_path / "results").exists(), "nothing may be written for a bad config"
+    return result.stdout + result.stderr
+
+
+# ------------------------------------------------------------------------------------------
+# Configuration errors (no job runs)
+# ------------------------------------------------------------------------------------------
+def test_unknown_objective_names_the_allowed_ones(tmp_path):
+    config = absolute_config(CONFIG)
+    config["students"]["kd-guide"]["training"]["objective"] = {"name": "listmle"}
+    message = _dry_run_error(tmp_path, config)
+    assert "listmle" in message
+    for allowed in ("bce", "cl", "kd", "margin_mse", "infonce"):
+        assert allowed in message
+
+
+def test_unknown_optimizer_names_the_allowed_ones(tmp_path):
+    config = absolute_config(CONFIG)
+    config["students"]["bce-lion"]["training"]["optimizer"] = {"name": "sophia"}
+    message = _dry_run_error(tmp_path, config)
+    assert "sophia" in message
+    for allowed in ("adamw", "lion", "adamw8bit", "lion8bit"):
+        assert allowed in message
+
+
+def test_missing_teacher_scores_name_the_producing_rule(tmp_path):
+    config = absolute_config(CONFIG)
+    # A miner that no training_data entry runs: its teacher scores are never built.
+    config["miners"]["bm25-deep"] = {"retriever": "bm25", "rank_min": 20}
+    config["students"]["kd-guide"]["data"]["miner"] = "bm25-deep"
+    message = _dry_run_error(tmp_path, config)
+    assert "students.kd-guide.data" in message
+    assert "teacher-scores/scifact-train/bm25-deep/ce-teacher.parquet" in message
+    assert "merge_teacher_scores" in message
+
+
+def test_student_name_clash_is_refused(tmp_path):
+    config = absolute_config(CONFIG)
+    config["inits"]["minilm-l6"] = {"from": "minilm-l6", "num_layers": 2}
+    message = _dry_run_error(tmp_path, config)
+    assert "inits.minilm-l6" in message and "already" in message
+
+
+def test_study_with_unknown_arm_is_refused(tmp_path):
+    config = absolute_config(CONFIG)
+    config["studies"]["rerankers"]["arms"].append("no-such-student")
+    message = _dry_run_error(tmp_path, config)
+    assert "studies.rerankers.arms" in message and "no-such-student" in message
+
+
+@pytest.mark.slow
+@pytest.mark.models
+def test_layer_list_out_of_range_names_the_depth(tmp_path):
+    if not (MODELS / "all-MiniLM-L6-v2").is_dir():
+        pytest.skip("models not installed (scripts/setup.sh)")
+    config = absolute_config(CONFIG)
+    config["inits"]["minilm-guide-2"] = {"from": "minilm-l6", "layers": [0, 9]}
+    result = snakemake(tmp_path, config, "results/inits/minilm-guide-2/model", check=False)
+    assert result.returncode != 0
+    log = (tmp_path / "results/logs/init_student/minilm-guide-2.log").read_text()
+    assert "inits.minilm-guide-2" in log and "has 6 layers" in log
+    assert not (tmp_path / "results/inits/minilm-guide-2/model").exists()
+
+
+# ------------------------------------------------------------------------------------------
+# End to end
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def studies_run(tmp_path_factory):
+    if not SHARED_DATA.is_dir() or not (MODELS / "all-MiniLM-L6-v2").is_dir():
+        pytest.skip("needs ../shared/data and the installed models")
+    workdir = tmp_path_factory.mktemp("studies-run")
+    config = absolute_config(CONFIG)
+    snakemake(workdir, config, "studies")
+    return workdir, config
+
+
+@pytest.mark.slow
+@pytest.mark.models
+def test_study_tables(studies_run):
+    workdir, config = studies_run
+    for study, spec in config["studies"].items():
+        table = pd.read_csv(workdir / f"results/tables/studies/{study}.tsv", sep="\t")
+        assert set(table["arm"]) == set(spec["arms"])
+        assert "untrained" in set(table["variant"])
+        assert table["nDCG@10"].between(0, 1).all()
+        baseline = spec.get("baseline", spec["arms"][0])
+        others = table[(table["arm"] != baseline) & (table["variant"] == "trained")]
+        assert others["nDCG@10 p_holm"].notna().all()
+        per_query = pd.read_csv(workdir / f"results/tables/studies/{study}.per-query.tsv", sep="\t")
+        assert len(per_query) > 0
+    embedder = pd.read_csv(workdir / "results/tables/studies/embedder.tsv", sep="\t")
+    assert set(embedder["variant"]) == {"trained", "dim64", "untrained"}
+    # Cutting the embeddings to 64 dims changes the run (it is a different retriever).
+    full = embedder[(embedder["arm"] == "emb-guide") & (embedder["variant"] == "trained")]
+    cut = embedder[(embedder["arm"] == "emb-guide") & (embedder["variant"] == "dim64")]
+    assert float(full["nDCG@10"].iloc[0]) != float(cut["nDCG@10"].iloc[0])
+    guide = json.loads((workdir / "results/inits/minilm-guide-2/init.stats.json").read_text())
+    first = json.loads((workdir / "results/inits/minilm-first-2/init.stats.json").read_text())
+    assert guide["layers"] == [0, 3] and first["layers"] == [0, 1]
+    curves = (workdir / "results/students/kd-guide/curves.jsonl").read_text().splitlines()
+    assert curves and "loss" in json.loads(curves[-1])
+
+
+@pytest.mark.slow
+@pytest.mark.models
+def test_changing_one_arm_reruns_only_that_arm(studies_run):
+    workdir, config = studies_run
+    changed = copy.deepcopy(config)
+    changed["students"]["bce-lion"]["training"]["optimizer"]["lr"] = 5.0e-6
+    result = snakemake(workdir, changed, "studies", "-n")
+    jobs = planned_jobs(result.stdout)
+    # The arm's training, its run and metrics, and its study's table: nothing else.
+    assert jobs == {
+        "train_student": 1,
+        "rerank_cross_encoder": 1,
+        "evaluate_run": 1,
+        "study_table": 1,
+        "studies": 1,
+    }, result.stdout[-3000:]
+    assert "bce-lion" in result.stdout
