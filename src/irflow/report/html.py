@@ -75,7 +75,7 @@ def fmt(value, digits: int = 4) -> str:
     if isinstance(value, float):
         if math.isnan(value):
             return ""
-        if value != 0 and abs(value) < 10 ** -min(digits, 3):
+        if digits >= 3 and value != 0 and abs(value) < 1e-3:
             return f"{value:.2e}"
         return f"{value:.{digits}f}"
     return str(value)
