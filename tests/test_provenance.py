@@ -290,6 +290,7 @@ def test_manifest_lists_every_job_behind_the_targets(workflow_run):
         "reproduction_table",
     }
     assert manifest["stale"] == [] and all(a["verified"] for a in manifest["artifacts"])
+    assert manifest["unrecorded"] == []
     # The manifest knows each rule's declared container (the job itself cannot see it).
     declared = {job["rule"]: job["container"]["declared"] for job in manifest["jobs"]}
     assert declared["bm25_index"] == "docker://localhost/irflow-eval:0.1.0"

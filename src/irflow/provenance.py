@@ -590,6 +590,7 @@ def manifest_markdown(manifest: Mapping) -> str:
         f"- seeds: {', '.join(map(str, summary['seeds']))}",
         f"- devices: {'; '.join(_device_text(d) for d in summary['devices'])}",
         f"- stale records: {len(manifest['stale'])}",
+        f"- paths without a record: {len(manifest['unrecorded'])}",
         "",
         "| artifact | rule | size | sha256 |",
         "|---|---|---:|---|",
