@@ -683,3 +683,28 @@ def test_missing_documents_are_refused(tiny_bases, training_files, tmp_path):
     with pytest.raises(InputError, match=r"documents of .*samples.parquet are not in the corpus"):
         run_training(tiny_bases, files, tmp_path, small_spec())
     assert not (tmp_path / "model").exists()
+
+
+def test_gradient_checkpointing_changes_neither_results_nor_usage_counts(
+    tiny_bases, training_files, tmp_path
+):
+    spec = small_spec(adapter={"kind": "moe-lora", "dropout": 0.1})
+    assert not run_training(tiny_bases, training_files, tmp_path / "plain", spec)[
+        "gradient_checkpointing"
+    ]
+    spec["training"]["gradient_checkpointing"] = True
+    stats = run_training(tiny_bases, training_files, tmp_path / "ckpt", spec)
+    assert stats["gradient_checkpointing"]
+    for name in ("expert_usage.tsv", "grad_cosine.tsv"):
+        assert read_tsv(tmp_path / "plain" / "diagnostics" / name) == read_tsv(
+            tmp_path / "ckpt" / "diagnostics" / name
+        )
+    keep = ("loss", "loss_embed", "loss_rerank", "grad_norm")
+    plain, ckpt = (
+        [
+            {k: r[k] for k in keep}
+            for r in read_tsv(tmp_path / run / "diagnostics" / "train_log.tsv")
+        ]
+        for run in ("plain", "ckpt")
+    )
+    assert plain == ckpt

@@ -193,46 +193,58 @@ class MoELoraLinear(_LoraLinear):
         top = torch.topk(probs, moe.top_k, dim=-1)
         kept = top.values / top.values.sum(dim=-1, keepdim=True)
         gates = torch.zeros_like(probs).scatter(-1, top.indices, kept)
+        # The autograd graph must not depend on `recording` or on the current token mask:
+        # gradient checkpointing re-runs this forward during backward (recording off, and
+        # possibly another batch's mask current) and requires the same saved tensors.
+        balance = None
+        if self.training and torch.is_grad_enabled():
+            balance = self._balance(probs, top.indices, allowed)
         if state.recording:
-            self._record(adapter, state, probs, top.indices, allowed)
+            self._record(adapter, state, probs, top.indices)
+            if balance is not None:
+                state.aux_losses.append(balance)
         return gates, probs
 
-    def _record(self, adapter, state, probs, chosen, allowed):
+    @staticmethod
+    def _balance(probs, chosen, allowed) -> torch.Tensor:
+        """Switch-Transformer load balancing over the experts the task may use:
+        ``n * sum_i f_i * P_i`` (``f``: share of routed top-k slots, no gradient; ``P``: mean
+        router probability); 1 when balanced. Taken over all positions, padding included,
+        so that the graph is the same whichever batch's mask is current (see above)."""
+        flat = probs.reshape(-1, probs.shape[-1])
+        counts = torch.zeros(flat.shape[-1], dtype=flat.dtype, device=flat.device)
+        counts.scatter_add_(
+            0, chosen.reshape(-1).detach(), torch.ones_like(chosen.reshape(-1), dtype=flat.dtype)
+        )
+        share = counts / counts.sum()
+        return allowed.sum() * (share * flat.mean(0)).sum()
+
+    def _record(self, adapter, state, probs, chosen):
+        """Add this forward pass's routing of real tokens to the usage counters."""
         moe = self.moe_config[adapter]
         mask = state.token_mask
-        flat_probs = probs.detach().reshape(-1, probs.shape[-1])
-        flat_chosen = chosen.reshape(-1, chosen.shape[-1])
-        if mask is not None and mask.numel() == flat_probs.shape[0]:
-            keep = mask.reshape(-1).to(flat_probs.device)
-            flat_probs, flat_chosen = flat_probs[keep], flat_chosen[keep]
-        counts = torch.zeros(moe.num_experts, dtype=torch.float64, device=flat_probs.device)
-        counts.scatter_add_(
-            0, flat_chosen.reshape(-1), torch.ones(flat_chosen.numel(), dtype=torch.float64,
-                                                   device=flat_probs.device)
-        )  # fmt: skip
-        entry = self.usage[adapter].setdefault(
-            state.task,
-            {
-                "tokens": torch.zeros((), dtype=torch.float64, device=flat_probs.device),
-                "counts": torch.zeros(moe.num_experts, dtype=torch.float64,
-                                      device=flat_probs.device),
-                "prob_sum": torch.zeros(moe.num_experts, dtype=torch.float64,
-                                        device=flat_probs.device),
-            },
-        )  # fmt: skip
-        entry["tokens"] += flat_probs.shape[0]
-        entry["counts"] += counts
-        entry["prob_sum"] += flat_probs.double().sum(0)
-        # Switch-Transformer load balancing over the experts this task may use:
-        # n * sum_i f_i * P_i (f: share of routed slots, P: mean router probability); 1 when
-        # perfectly balanced. f carries no gradient, P does.
-        if flat_probs.shape[0] and torch.is_grad_enabled():
-            n = int(allowed.sum())
-            live_probs = probs.reshape(-1, probs.shape[-1])
-            if mask is not None and mask.numel() == live_probs.shape[0]:
-                live_probs = live_probs[mask.reshape(-1).to(live_probs.device)]
-            share = (counts / counts.sum()).to(live_probs.dtype)
-            state.aux_losses.append(n * (share * live_probs.mean(0)).sum())
+        with torch.no_grad():
+            flat_probs = probs.detach().reshape(-1, probs.shape[-1])
+            flat_chosen = chosen.reshape(-1, chosen.shape[-1])
+            if mask is not None and mask.numel() == flat_probs.shape[0]:
+                keep = mask.reshape(-1).to(flat_probs.device)
+                flat_probs, flat_chosen = flat_probs[keep], flat_chosen[keep]
+            device = flat_probs.device
+            entry = self.usage[adapter].setdefault(
+                state.task,
+                {
+                    "tokens": torch.zeros((), dtype=torch.float64, device=device),
+                    "counts": torch.zeros(moe.num_experts, dtype=torch.float64, device=device),
+                    "prob_sum": torch.zeros(moe.num_experts, dtype=torch.float64, device=device),
+                },
+            )
+            entry["tokens"] += flat_probs.shape[0]
+            entry["counts"].scatter_add_(
+                0,
+                flat_chosen.reshape(-1),
+                torch.ones(flat_chosen.numel(), dtype=torch.float64, device=device),
+            )
+            entry["prob_sum"] += flat_probs.double().sum(0)
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         if self.disable_adapters or self.merged:

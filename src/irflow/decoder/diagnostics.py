@@ -5,8 +5,9 @@ header row:
 
 ``train_log.tsv``
     one row per optimizer step: ``stage step lr loss loss_embed loss_rerank aux grad_cosine
-    grad_norm pcgrad_projections seconds`` (``grad_cosine``: cosine of the two tasks' whole
-    gradients; empty when the stage trains one task).
+    grad_norm pcgrad_projections seconds cpu_seconds`` (``grad_cosine``: cosine of the two
+    tasks' whole gradients, empty when the stage trains one task; ``seconds`` wall time,
+    ``cpu_seconds`` process CPU time, the steadier figure on a shared machine).
 ``grad_cosine.tsv``
     per logged step of a joint stage, per decoder layer and per projection:
     ``stage step layer module cosine dot norm_embed norm_rerank``. ``module`` is a projection
@@ -40,7 +41,7 @@ from irflow.io import atomic_output
 
 TRAIN_LOG_COLUMNS = [
     "stage", "step", "lr", "loss", "loss_embed", "loss_rerank", "aux", "grad_cosine",
-    "grad_norm", "pcgrad_projections", "seconds",
+    "grad_norm", "pcgrad_projections", "seconds", "cpu_seconds",
 ]  # fmt: skip
 GRAD_COSINE_COLUMNS = [
     "stage", "step", "layer", "module", "cosine", "dot", "norm_embed", "norm_rerank",

@@ -253,7 +253,7 @@ class Trainer:
         losses: dict[str, list[float]] = defaultdict(list)
         projections_total = 0
         for step in range(1, stage.steps + 1):
-            step_began = time.perf_counter()
+            step_began, step_cpu = time.perf_counter(), time.process_time()
             grads, row = {}, {"stage": stage.name, "step": step, "lr": schedule.get_last_lr()[0]}
             aux_total = 0.0
             for task in stage.tasks:
@@ -290,6 +290,7 @@ class Trainer:
             self.groups.zero()
             row["pcgrad_projections"] = projections
             row["seconds"] = time.perf_counter() - step_began
+            row["cpu_seconds"] = time.process_time() - step_cpu
             self.train_log.append(row)
             if step == 1 or step % max(1, stage.steps // 10) == 0:
                 log.info(
@@ -385,9 +386,12 @@ def train_unified(
         base, tokenizer = load_base(base_model_dir, device)
         model = build_model(base, tokenizer, spec)
         if spec.training.gradient_checkpointing:
-            base.gradient_checkpointing_enable(
-                gradient_checkpointing_kwargs={"use_reentrant": False}
-            )
+            # Non-reentrant: the frozen embeddings' outputs need no requires_grad hook.
+            kwargs = {"use_reentrant": False}
+            if hasattr(base, "activation_checkpointing_enable"):
+                base.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+            else:  # older transformers
+                base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         trainer = Trainer(model, spec, data, device)
         for stage in spec.training.stages:
             trainer.run_stage(stage)
@@ -400,6 +404,10 @@ def train_unified(
         "samples": data.source,
         "trainable_parameters": trainable,
         "total_parameters": total,
+        "gradient_checkpointing": bool(
+            getattr(base, "is_activation_checkpointing", None)
+            or getattr(base, "is_gradient_checkpointing", False)
+        ),
         "stages": trainer.stage_stats,
         "examples": {t: s.drawn for t, s in trainer.samplers.items()},
         "tokens": model.describe(),
