@@ -758,3 +758,154 @@ def test_real_minilm_teacher_equals_library_call():
         * teacher.model.encode(docs, normalize_embeddings=True)
     ).sum(axis=1)
     np.testing.assert_allclose(teacher.score(queries, docs), expected, atol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input to every training-data stage: an error naming the item, and no artifact
+# ---------------------------------------------------------------------------------------------
+def select_files(data: dict, out: Path, **kwargs) -> dict:
+    from irflow.training_data.selection import select_training_queries
+
+    root = data["root"]
+    return select_training_queries(
+        root / "queries.parquet",
+        root / "qrels.trec",
+        {},
+        out / "queries.parquet",
+        out / "qrels.trec",
+        out / "queries.stats.json",
+        min_label=1,
+        **kwargs,
+    )
+
+
+def rewrite_queries(data: dict, queries: dict[str, str]) -> None:
+    ids = sorted(queries)
+    pq.write_table(
+        pa.table({"query_id": ids, "text": [queries[q] for q in ids]}, schema=QUERIES_SCHEMA),
+        data["root"] / "queries.parquet",
+    )
+
+
+def test_selection_refuses_a_judged_query_without_text_and_writes_nothing(training_set, tmp_path):
+    queries = dict(training_set["queries"])
+    del queries["q3"]
+    rewrite_queries(training_set, queries)
+    root = training_set["root"]
+    with pytest.raises(InputError) as err:
+        select_files(training_set, tmp_path / "out")
+    message = str(err.value)
+    assert "judged queries have no text" in message and "['q3']" in message
+    assert str(root / "queries.parquet") in message and str(root / "qrels.trec") in message
+    assert listing(tmp_path / "out") == []
+
+
+def test_selection_refuses_a_judged_query_with_blank_text(training_set, tmp_path):
+    rewrite_queries(training_set, {**training_set["queries"], "q5": "  \t "})
+    with pytest.raises(InputError, match=r"judged queries with empty text: \['q5'\]"):
+        select_files(training_set, tmp_path / "out")
+    assert listing(tmp_path / "out") == []
+
+
+def test_mining_refuses_a_query_without_candidates_and_writes_nothing(training_set, tmp_path):
+    root = training_set["root"]
+    run = {q: docs for q, docs in training_set["run"].items() if q != "q7"}
+    write_trec_run(root / "run.trec", run, tag="bm25")
+    with pytest.raises(InputError) as err:
+        mine_files(training_set, tmp_path / "out")
+    assert str(root / "run.trec") in str(err.value)
+    assert "1 training queries are not in the run: ['q7']" in str(err.value)
+    assert listing(tmp_path / "out") == []
+    (root / "run.trec").write_text("")  # an empty run: every query is named (up to SHOW)
+    with pytest.raises(InputError, match=r"12 training queries are not in the run: \['q0'"):
+        mine_files(training_set, tmp_path / "out")
+    assert listing(tmp_path / "out") == []
+
+
+def test_scoring_refuses_a_query_without_text_and_writes_nothing(teachers, training_set, tmp_path):
+    inputs = scoring_inputs(training_set, tmp_path)
+    qid = pq.read_table(inputs["samples"]).column("query_id")[0].as_py()
+    queries = dict(training_set["queries"])
+    del queries[qid]
+    rewrite_queries(training_set, queries)
+    out = tmp_path / "scores" / "shard.parquet"
+    with pytest.raises(InputError) as err:
+        teacher = teachers["bi-encoder"]
+        score_shard(inputs["samples"], 0, 1, teacher, inputs["corpus"], inputs["queries"], out)
+    assert f"['{qid}']" in str(err.value) and "have no text" in str(err.value)
+    assert str(inputs["queries"]) in str(err.value)
+    assert listing(out.parent) == []
+
+
+def test_scoring_checks_inputs_before_loading_the_teacher(training_set, tmp_path):
+    """A bad samples file is reported as such, not hidden behind a model-loading failure, and
+    the (slow) model load is not wasted on inputs that cannot be scored."""
+    inputs = scoring_inputs(training_set, tmp_path)
+    corpus = pq.read_table(inputs["corpus"])
+    pq.write_table(corpus.slice(0, 0), inputs["corpus"])
+    out = tmp_path / "scores" / "shard.parquet"
+    with pytest.raises(InputError, match=r"not in the corpus"):
+        score_shard(
+            inputs["samples"],
+            0,
+            1,
+            spec("bi-encoder", tmp_path / "no-such-model"),
+            inputs["corpus"],
+            inputs["queries"],
+            out,
+            device="cpu",
+        )
+    assert listing(out.parent) == []
+
+
+# Through Snakemake: the job fails with the item named in its log, and no output remains.
+@pytest.fixture(scope="module")
+def tiny_collection(tmp_path_factory):
+    from tiny_workflow import make_bi_encoder, make_collection
+
+    root = tmp_path_factory.mktemp("tiny-workflow")
+    return {"root": root, "data": make_collection(root / "data"), "model": make_bi_encoder(root)}
+
+
+def test_workflow_positive_missing_from_corpus_fails_mining_and_leaves_nothing(
+    tiny_collection, tmp_path
+):
+    import shutil
+
+    from tiny_workflow import NEGATIVES, run, tiny_config
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_collection["data"], data)
+    with open(data / "qrels" / "train.tsv", "a", encoding="utf-8") as handle:
+        handle.write("t2\tghost-doc\t1\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run(work, tiny_config(data, tiny_collection["model"]), NEGATIVES, check=False)
+    assert result.returncode != 0
+    log = (work / "results/logs/mine_negatives/tiny-train/bm25.log").read_text()
+    assert "positives are not in the corpus" in log and "'ghost-doc' (query 't2')" in log
+    negatives = work / Path(NEGATIVES).parent
+    assert listing(negatives) == []
+    # The stages before it did complete: the failure is the mining job's alone.
+    assert (work / "results/training-data/tiny-train/queries.parquet").is_file()
+
+
+@pytest.mark.slow
+def test_workflow_teacher_that_cannot_load_fails_scoring_and_leaves_nothing(
+    tiny_collection, tmp_path
+):
+    from tiny_workflow import SHARD0, run, tiny_config
+
+    broken = tmp_path / "broken-model"
+    broken.mkdir()
+    (broken / "config.json").write_text("{not json")
+    config = tiny_config(tiny_collection["data"], tiny_collection["model"])
+    config["models"]["broken"] = {"path": str(broken)}
+    config["teachers"]["tiny"]["model"] = "broken"
+    work = tmp_path / "work"
+    work.mkdir()
+    result = run(work, config, SHARD0, check=False)
+    assert result.returncode != 0
+    log = work / "results/logs/score_teacher_shard/tiny-train/bm25/tiny/shard-0-of-2.log"
+    assert "teacher 'tiny'" in log.read_text() and "broken-model" in log.read_text()
+    assert listing(work / Path(SHARD0).parent) == []

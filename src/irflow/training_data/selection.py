@@ -16,7 +16,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from irflow.data import QUERIES_SCHEMA, read_queries
-from irflow.io import atomic_output, read_qrels, write_json_atomic, write_trec_qrels
+from irflow.io import (
+    InputError,
+    atomic_output,
+    read_qrels,
+    write_json_atomic,
+    write_trec_qrels,
+)
 from irflow.training_data.pairs import check_leakage, normalise_query, training_pairs
 
 
@@ -57,7 +63,10 @@ def select_training_queries(
         raise ValueError(f"on_leak must be 'error' or 'drop', not {on_leak!r}")
     queries = read_queries(str(queries_parquet))
     qrels = read_qrels(qrels_path)
-    pairs = training_pairs(queries, qrels, min_label)
+    try:
+        pairs = training_pairs(queries, qrels, min_label)
+    except InputError as err:  # name the files that disagree
+        raise InputError(f"{queries_parquet} / {qrels_path}: {err}") from None
     held_out = {name: read_queries(str(path)) for name, path in held_out_queries.items()}
     dropped = []
     if on_leak == "drop":
