@@ -305,3 +305,47 @@ def test_epoch_seeded_sampler_covers_every_row_and_groups_by_length(setup):
         max(lengths[i] for i in b) - min(lengths[i] for i in b) for b in orders[False, 0]
     ]  # noqa: E501
     assert sum(spread) < sum(random_spread)
+
+
+DDP_SCRIPT = """
+import json, sys, torch
+from irflow.students import StudentTrainingSpec, train_cross_encoder
+torch.set_num_threads(1)
+init, scores, queries, corpus, out = sys.argv[1:6]
+spec = StudentTrainingSpec.from_config(json.loads(sys.argv[6]))
+stats = train_cross_encoder(spec, scores, queries, corpus, init, out + "/model",
+                            out + "/checkpoints", out + "/curves.jsonl", device="cpu")
+print("STATS", json.dumps({k: stats[k] for k in ("world_size", "steps", "samples_seen")}))
+"""
+
+
+@pytest.mark.slow  # two fresh Python processes importing torch: about 20 s on 2 cores
+def test_two_processes_under_torchrun_train_one_model(setup, tmp_path):
+    """The multi-GPU launch path, on CPU: torchrun, two processes, gloo, a global batch of 4."""
+    import os
+    import subprocess
+    import sys
+
+    from sentence_transformers import CrossEncoder
+
+    (tmp_path / "ddp.py").write_text(DDP_SCRIPT)
+    config = {"objective": {"name": "kd"}, "batch_size": 4, "num_negatives": 3,
+              "max_length": 24, "max_steps": 3, "checkpoint_every_steps": 2}  # fmt: skip
+    data = setup["data"]
+    command = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+        "--master_port", str(29500 + os.getpid() % 1000), str(tmp_path / "ddp.py"),
+        str(setup["init"]), str(data["scores"]), str(data["queries"]), str(data["corpus"]),
+        str(tmp_path / "out"), json.dumps(config),
+    ]  # fmt: skip
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stdout.splitlines()
+    reports = [json.loads(line[6:]) for line in lines if line.startswith("STATS")]
+    # Each process takes 2 of the 4 samples of a step: 12 samples are 3 steps.
+    assert reports == [{"world_size": 2, "steps": 3, "samples_seen": 12}] * 2
+    assert [r["step"] for r in curves(tmp_path / "out" / "curves.jsonl")] == [1, 2, 3]
+    assert CrossEncoder(str(tmp_path / "out" / "model"), device="cpu").predict([("a", "b")]).shape
+    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("checkpoint-*")) == [
+        "checkpoint-2", "checkpoint-3",
+    ]  # fmt: skip

@@ -184,6 +184,15 @@ def merge_lora(model) -> None:
 # ---------------------------------------------------------------------------------------------
 # Checkpoints, curves, fingerprints
 # ---------------------------------------------------------------------------------------------
+def _rank() -> int:
+    """This process's rank under torchrun/accelerate (0 when not distributed)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
 def _device(device: str | None) -> str:
     from irflow.models import pick_device
 
@@ -219,11 +228,17 @@ def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
     return sorted(out)
 
 
-def _prepare_checkpoints(folder: Path, run: dict[str, Any]) -> Path | None:
-    """The latest complete checkpoint of this run in ``folder``, after clearing what is not."""
-    folder.mkdir(parents=True, exist_ok=True)
+def _prepare_checkpoints(folder: Path, run: dict[str, Any], modify: bool = True) -> Path | None:
+    """The latest complete checkpoint of this run in ``folder``, after clearing what is not
+    (only when ``modify``; other processes of a distributed run just look)."""
     run_file = folder / RUN_FILE
     previous = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
+    if not modify:
+        if previous != run:
+            return None
+        complete = [p for _, p in _checkpoints(folder) if (p / COMPLETE_MARKER).is_file()]
+        return complete[-1] if complete else None
+    folder.mkdir(parents=True, exist_ok=True)
     if previous != run:
         stale = _checkpoints(folder)
         if stale or previous is not None:
@@ -255,6 +270,28 @@ def _curve_rows(path: Path, up_to_step: int | None) -> list[dict[str, Any]]:
     return [r for r in rows if up_to_step is not None and r["step"] <= up_to_step]
 
 
+class _SampleCount:
+    """Samples trained after a given number of optimizer steps (for curves and stats).
+
+    Each step takes ``per_step`` samples, except that the last step of an epoch takes what is
+    left unless the last partial batch is dropped (the Trainer drops it under DDP). The steps
+    per epoch are read from the data loader when training starts.
+    """
+
+    def __init__(self, samples: int, per_step: int):
+        self.samples, self.per_step, self.per_epoch = samples, per_step, samples
+        self.steps_per_epoch = math.ceil(samples / per_step)
+
+    def set_loader(self, batches: int, args) -> None:
+        self.steps_per_epoch = max(1, math.ceil(batches / args.gradient_accumulation_steps))
+        if args.dataloader_drop_last:
+            self.per_epoch = min(self.samples, self.steps_per_epoch * self.per_step)
+
+    def done(self, step: int) -> int:
+        epochs, rest = divmod(step, self.steps_per_epoch)
+        return epochs * self.per_epoch + min(rest * self.per_step, self.per_epoch)
+
+
 def _jsonl(rows: list[dict[str, Any]]) -> str:
     return "".join(json.dumps(r, sort_keys=True) + "\n" for r in rows)
 
@@ -262,7 +299,7 @@ def _jsonl(rows: list[dict[str, Any]]) -> str:
 def _trainer_callbacks(
     live_curves: Path | None,
     rows: list[dict[str, Any]],
-    samples_done,
+    count: _SampleCount,
     pairs_per_sample: int,
 ):
     from transformers import TrainerCallback
@@ -270,7 +307,9 @@ def _trainer_callbacks(
     class Curves(TrainerCallback):
         """One JSONL row per logging step, appended to the live curves file."""
 
-        def on_train_begin(self, args, state, control, **kwargs):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            if train_dataloader is not None:
+                count.set_loader(len(train_dataloader), args)
             self.last_time = self.last_report = time.perf_counter()
             self.last_step = state.global_step
 
@@ -279,7 +318,7 @@ def _trainer_callbacks(
                 return
             now = time.perf_counter()
             seconds = now - self.last_time
-            samples = samples_done(state.global_step) - samples_done(self.last_step)
+            samples = count.done(state.global_step) - count.done(self.last_step)
             row = {
                 "step": state.global_step,
                 "epoch": round(float(state.epoch or 0.0), 6),
@@ -294,6 +333,8 @@ def _trainer_callbacks(
                 else None,
             }
             rows.append(row)
+            if not state.is_world_process_zero:
+                return
             if now - self.last_report >= 30 or state.global_step >= state.max_steps:
                 self.last_report = now
                 log.info(
@@ -311,7 +352,7 @@ def _trainer_callbacks(
 
         def on_save(self, args, state, control, **kwargs):
             folder = Path(args.output_dir) / f"checkpoint-{state.global_step}"
-            if folder.is_dir():
+            if state.is_world_process_zero and folder.is_dir():
                 (folder / COMPLETE_MARKER).write_text(f"{state.global_step}\n", encoding="utf-8")
 
     return [Curves(), MarkComplete()]
@@ -342,7 +383,7 @@ def _training_args(
         batch_sampler = "batch_sampler"
     return Arguments(
         output_dir=str(output_dir),
-        per_device_train_batch_size=spec.batch_size * rows,
+        per_device_train_batch_size=spec.batch_size // _world_size() * rows,
         gradient_accumulation_steps=spec.gradient_accumulation_steps,
         num_train_epochs=spec.epochs,
         max_steps=spec.max_steps or -1,
@@ -365,6 +406,10 @@ def _training_args(
         disable_tqdm=True,
         dataloader_num_workers=0,
         batch_sampler=batch_sampler,
+        # Under DDP: a cross-encoder uses every parameter, and the Trainer's default search for
+        # unused ones makes sentence-transformers 6.2's CrossEncoderTrainer fail ("marked as
+        # ready twice"); a bi-encoder leaves e.g. BERT's pooler unused, so it keeps the search.
+        ddp_find_unused_parameters=False if kind == "cross-encoder" else None,
     )
 
 
@@ -387,18 +432,17 @@ def _train(
     use_cuda = device.startswith("cuda")
     check_runnable(spec.optimizer, device)
 
+    if spec.batch_size % _world_size():
+        raise ValueError(
+            f"batch_size {spec.batch_size} (the global batch) is not divisible by the "
+            f"{_world_size()} training processes"
+        )
     samples = load_samples(scores_parquet, queries_parquet, corpus_parquet, spec.num_negatives)
     dataset = to_dataset(samples, objective.data)
     rows = rows_per_sample(objective.data, spec.num_negatives)
     pairs_per_sample = 1 + spec.num_negatives
     n = len(samples)
-    batches_per_epoch = math.ceil(n / spec.batch_size)
-    steps_per_epoch = math.ceil(batches_per_epoch / spec.gradient_accumulation_steps)
-    samples_per_step = spec.batch_size * spec.gradient_accumulation_steps
-
-    def samples_done(step: int) -> int:
-        epochs, rest = divmod(step, steps_per_epoch)
-        return epochs * n + min(rest * samples_per_step, n)
+    count = _SampleCount(n, spec.batch_size * spec.gradient_accumulation_steps)
 
     run = {
         "kind": kind,
@@ -406,35 +450,36 @@ def _train(
         "samples_sha256": _hash_samples(samples),
         "init_sha256": _hash_files(Path(init_dir)),
     }
-    resume = None
     scratch = None
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
-        resume = _prepare_checkpoints(checkpoint_dir, run)
         live_curves: Path | None = checkpoint_dir / LIVE_CURVES
         output_dir = checkpoint_dir
     else:
         live_curves = None
         scratch = Path(tempfile.mkdtemp(prefix="irflow-train-"))
         output_dir = scratch
-    resumed_step = int(resume.name.split("-")[1]) if resume else 0
-    curve_rows = _curve_rows(live_curves, resumed_step) if live_curves else []
-    if live_curves is not None:
-        write_text_atomic(live_curves, _jsonl(curve_rows))
-
+    main = _rank() == 0
     try:
+        args = _training_args(
+            kind, spec, output_dir, rows, use_cuda,
+            checkpoint_dir is not None and bool(spec.checkpoint_every_steps),
+        )  # fmt: skip
+        resume = None
+        if checkpoint_dir is not None:
+            # Under torchrun the main process clears stale checkpoints first; the others then
+            # find the same checkpoint to resume from.
+            with args.main_process_first(local=False, desc="checkpoints"):
+                resume = _prepare_checkpoints(checkpoint_dir, run, modify=main)
+        resumed_step = int(resume.name.split("-")[1]) if resume else 0
+        curve_rows = _curve_rows(live_curves, resumed_step) if live_curves else []
+        if live_curves is not None and main:
+            write_text_atomic(live_curves, _jsonl(curve_rows))
+
         model = load_student(kind, init_dir, spec, device)
         if spec.lora is not None:
             apply_lora(model, kind, spec.lora)
         loss = objective.build(model, spec.objective)
-        args = _training_args(
-            kind,
-            spec,
-            output_dir,
-            rows,
-            use_cuda,
-            checkpoint_dir is not None and bool(spec.checkpoint_every_steps),
-        )
         if kind == "cross-encoder":
             from sentence_transformers.cross_encoder import CrossEncoderTrainer as Trainer
         else:
@@ -445,7 +490,7 @@ def _train(
             train_dataset=dataset,
             loss=loss,
             callbacks=[
-                *_trainer_callbacks(live_curves, curve_rows, samples_done, pairs_per_sample),
+                *_trainer_callbacks(live_curves, curve_rows, count, pairs_per_sample),
                 *(callbacks or []),
             ],
             optimizer_cls_and_kwargs=resolve_optimizer(spec.optimizer),
@@ -457,15 +502,17 @@ def _train(
         began = time.perf_counter()
         result = trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         seconds = time.perf_counter() - began
-        if spec.lora is not None:
-            merge_lora(model)
-        save_model(model, out_dir)
+        if main:
+            if spec.lora is not None:
+                merge_lora(model)
+            save_model(model, out_dir)
+            write_text_atomic(curves_path, _jsonl(curve_rows))
+        trainer.accelerator.wait_for_everyone()
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
-    write_text_atomic(curves_path, _jsonl(curve_rows))
     steps = int(result.global_step)
-    trained = samples_done(steps) - samples_done(resumed_step)
+    trained = count.done(steps) - count.done(resumed_step)
     return {
         "kind": kind,
         "objective": spec.objective.name,
@@ -473,9 +520,9 @@ def _train(
         **samples.stats,
         "pairs_per_sample": pairs_per_sample,
         "steps": steps,
-        "steps_per_epoch": steps_per_epoch,
-        "epochs": round(steps / steps_per_epoch, 6),
-        "samples_seen": samples_done(steps),
+        "steps_per_epoch": count.steps_per_epoch,
+        "epochs": round(steps / count.steps_per_epoch, 6),
+        "samples_seen": count.done(steps),
         "resumed_from_step": resumed_step or None,
         "train_seconds": round(seconds, 3),
         "samples_per_second": round(trained / seconds, 3) if seconds > 0 else None,
@@ -483,6 +530,7 @@ def _train(
         "mean_loss": float(result.training_loss),
         "final_loss": curve_rows[-1]["loss"] if curve_rows else None,
         "device": device,
+        "world_size": _world_size(),
         "bf16": bool(spec.bf16 and use_cuda),
         "optimizer": describe_optimizer(spec.optimizer),
         "lora": spec.lora is not None,

@@ -12,10 +12,14 @@ with ``D`` all ``B`` positives and ``B * k`` negatives of the batch::
 
 averaged over the batch: every other sample's positive and negatives are negatives for ``q_j``.
 Use ``batch_sampler: no_duplicates`` so that a query's other positives (the same query text in
-two samples) are not in its batch as negatives.
+two samples) are not in its batch as negatives. Under torchrun (``WORLD_SIZE`` > 1) the
+embeddings of all processes are gathered (the library's ``gather_across_devices``), so the
+negatives are those of the global batch, as on one device.
 """
 
 from __future__ import annotations
+
+import os
 
 from irflow.students.losses.bi_margin_mse import matryoshka, similarity_fn
 
@@ -30,8 +34,13 @@ def build(model, objective):
         model,
         scale=1.0 / (objective.temperature or DEFAULT_TEMPERATURE),
         similarity_fct=similarity_fn(objective.similarity, pairwise=False),
+        gather_across_devices=_distributed(),
     )
     return matryoshka(model, loss, objective)
+
+
+def _distributed() -> bool:
+    return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def build_cached(model, objective):
@@ -44,5 +53,6 @@ def build_cached(model, objective):
         scale=1.0 / (objective.temperature or DEFAULT_TEMPERATURE),
         similarity_fct=similarity_fn(objective.similarity, pairwise=False),
         mini_batch_size=objective.mini_batch_size or DEFAULT_MINI_BATCH,
+        gather_across_devices=_distributed(),
     )
     return matryoshka(model, loss, objective)
