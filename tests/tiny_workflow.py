@@ -179,6 +179,11 @@ def run(workdir: Path, config: dict, *args: str, env: dict | None = None, check:
     return result
 
 
+def unlock(workdir: Path, config: dict) -> None:
+    """Remove the locks a killed Snakemake left (what a user runs after a crash)."""
+    run(workdir, config, "--unlock")
+
+
 HOOK = """
 import os, sys, time
 from pathlib import Path

@@ -33,6 +33,25 @@ def _tokenize(texts: list[str], params: dict[str, Any]):
     )
 
 
+def _sorted_vocabulary(tokens):
+    """The same tokenization with the vocabulary numbered in sorted order.
+
+    With a stemmer, bm25s numbers the stems in ``set`` order, which changes with Python's
+    string hash seed from one process to the next; the index files would then differ on every
+    run. Sorted numbering makes them byte-identical (scores are unaffected).
+    """
+    import numpy as np
+    from bm25s.tokenization import Tokenized
+
+    words = sorted(tokens.vocab)
+    new_id = {word: i for i, word in enumerate(words)}
+    remap = np.empty(len(words), dtype=np.int64)
+    for word, old in tokens.vocab.items():
+        remap[old] = new_id[word]
+    ids = [remap[np.asarray(doc, dtype=np.int64)].tolist() for doc in tokens.ids]
+    return Tokenized(ids=ids, vocab=new_id)
+
+
 def build_index(corpus_parquet: str, out_dir: str, params: dict[str, Any]) -> None:
     import bm25s
 
@@ -40,7 +59,7 @@ def build_index(corpus_parquet: str, out_dir: str, params: dict[str, Any]) -> No
     table = read_corpus(corpus_parquet)
     texts = doc_texts(table)
     retriever = bm25s.BM25(k1=params["k1"], b=params["b"], method=params["method"])
-    retriever.index(_tokenize(texts, params), show_progress=False)
+    retriever.index(_sorted_vocabulary(_tokenize(texts, params)), show_progress=False)
     with atomic_output(out_dir, directory=True) as tmp:
         retriever.save(str(tmp / "bm25s"), show_progress=False)
         write_json_atomic(tmp / "doc_ids.json", table.column("doc_id").to_pylist())

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from irflow.io import (
     InputError,
     atomic_output,
+    open_parquet,
     read_qrels,
     read_trec_run,
     sha256_file,
@@ -208,6 +209,15 @@ class DatasetSource:
             ir_datasets.registry.register(registry_id, Dataset(*parts))
         return ir_datasets.load(registry_id)
 
+    def where(self, part: str) -> str:
+        """For messages: the local file of ``part`` (corpus, queries, candidates) or the
+        ir_datasets id."""
+        if not self.beir_folder:
+            return f"ir_datasets {self.ir_datasets_id!r}"
+        if part == "candidates":
+            return str(Path(self.beir_folder) / (self.candidates or ""))
+        return str(Path(self.beir_folder) / f"{part}.jsonl")
+
     def source_files(self) -> list[Path]:
         """Local files this source reads (for checksums); empty for ir_datasets ids."""
         if not self.beir_folder:
@@ -250,7 +260,8 @@ def write_corpus(source: DatasetSource, out_parquet: str, manifest_path: str, ba
                     )
                 if doc.doc_id in seen:
                     raise InputError(
-                        f"dataset {source.name!r}: duplicate document id {doc.doc_id!r}"
+                        f"dataset {source.name!r}: duplicate document id {doc.doc_id!r} "
+                        f"(document #{count + 1} of {source.where('corpus')})"
                     )
                 seen.add(doc.doc_id)
                 title, text = _doc_fields(doc)
@@ -268,7 +279,7 @@ def write_corpus(source: DatasetSource, out_parquet: str, manifest_path: str, ba
             writer.close()
     if count == 0:
         Path(out_parquet).unlink()
-        raise InputError(f"dataset {source.name!r}: the corpus is empty")
+        raise InputError(f"dataset {source.name!r}: the corpus is empty ({source.where('corpus')})")
     write_json_atomic(
         manifest_path,
         {
@@ -296,19 +307,22 @@ def write_topics(
     if not qrels:
         raise InputError(f"dataset {source.name!r}: no relevance judgements")
     texts: dict[str, str] = {}
-    for query in dataset.queries_iter():
+    for number, query in enumerate(dataset.queries_iter(), start=1):
         text = getattr(query, "text", None)
         if text is None:
             text = query.default_text()
         if query.query_id in qrels:
             if query.query_id in texts:
-                raise InputError(f"dataset {source.name!r}: duplicate query id {query.query_id!r}")
+                raise InputError(
+                    f"dataset {source.name!r}: duplicate query id {query.query_id!r} "
+                    f"(query #{number} of {source.where('queries')})"
+                )
             texts[query.query_id] = text
     missing = sorted(set(qrels) - set(texts))
     if missing:
         raise InputError(
-            f"dataset {source.name!r}: {len(missing)} judged queries have no text in the "
-            f"queries file, e.g. {missing[:5]}"
+            f"dataset {source.name!r}: {len(missing)} judged queries have no text in "
+            f"{source.where('queries')}, e.g. {missing[:5]}"
         )
     empty = sorted(qid for qid, text in texts.items() if not text.strip())
     if empty:
@@ -349,16 +363,18 @@ def write_candidates(source: DatasetSource, out_run: str, depth: int | None = No
     for row in dataset.scoreddocs_iter():
         run.setdefault(row.query_id, {})[row.doc_id] = float(row.score)
     if not run:
-        raise InputError(f"dataset {source.name!r}: the candidate run is empty")
+        raise InputError(
+            f"dataset {source.name!r}: the candidate run is empty ({source.where('candidates')})"
+        )
     write_trec_run(out_run, run, tag="given", depth=depth)
 
 
 def read_corpus(path: str, columns: list[str] | None = None):
-    return pq.read_table(path, columns=columns)
+    return open_parquet(path).read(columns=columns)
 
 
 def read_queries(path: str) -> dict[str, str]:
-    table = pq.read_table(path)
+    table = open_parquet(path).read()
     return dict(
         zip(table.column("query_id").to_pylist(), table.column("text").to_pylist(), strict=True)
     )
@@ -379,7 +395,7 @@ def candidate_texts(
 
     top = {qid: [d for d, _ in ranked(docs)[:depth]] for qid, docs in candidates.items()}
     needed = sorted({d for docs in top.values() for d in docs})
-    table = pq.read_table(corpus_parquet)
+    table = read_corpus(corpus_parquet)
     position = {d: i for i, d in enumerate(table.column("doc_id").to_pylist())}
     absent = [d for d in needed if d not in position]
     if absent:

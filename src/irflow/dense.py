@@ -14,11 +14,10 @@ import json
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from irflow.batching import embedding_dimension, encode_texts
 from irflow.data import candidate_texts, doc_texts
-from irflow.io import InputError, atomic_output, write_json_atomic
+from irflow.io import InputError, atomic_output, open_parquet, write_json_atomic
 
 
 def _encode(
@@ -42,7 +41,7 @@ def encode_corpus(
     batch_tokens: int | None = None,
 ) -> None:
     """Encode the corpus chunk by chunk into ``embeddings.npy`` (memory-mapped, float32)."""
-    parquet = pq.ParquetFile(corpus_parquet)
+    parquet = open_parquet(corpus_parquet)
     total = parquet.metadata.num_rows
     dim = embedding_dimension(model)
     with atomic_output(out_dir, directory=True) as tmp:
@@ -63,9 +62,15 @@ def encode_corpus(
 
 
 def load_embeddings(emb_dir: str) -> tuple[np.ndarray, list[str]]:
+    """The memory-mapped embedding matrix of an ``encode_corpus`` folder and its doc ids."""
     directory = Path(emb_dir)
-    matrix = np.load(directory / "embeddings.npy", mmap_mode="r")
-    doc_ids = json.loads((directory / "doc_ids.json").read_text())
+    try:
+        matrix = np.load(directory / "embeddings.npy", mmap_mode="r")
+        doc_ids = json.loads((directory / "doc_ids.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:  # missing, truncated or not .npy / JSON
+        raise InputError(f"{emb_dir}: not a readable embeddings folder ({err})") from None
+    if matrix.ndim != 2 or not isinstance(doc_ids, list):
+        raise InputError(f"{emb_dir}: expected a 2-d embeddings.npy and a JSON list of doc ids")
     if len(doc_ids) != matrix.shape[0]:
         raise InputError(f"{emb_dir}: {len(doc_ids)} doc ids but {matrix.shape[0]} embeddings")
     return matrix, doc_ids

@@ -59,6 +59,21 @@ def write_json_atomic(path: str | os.PathLike, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 
 
+def open_parquet(path: str | os.PathLike):
+    """A ``pyarrow.parquet.ParquetFile``, or :class:`InputError` naming a missing, empty or
+    unreadable file (pyarrow's own errors do not always name it)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path}: file not found")
+    try:
+        return pq.ParquetFile(path)
+    except (pa.ArrowInvalid, OSError) as err:
+        raise InputError(f"{path}: not a readable Parquet file ({err})") from None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

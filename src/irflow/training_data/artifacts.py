@@ -68,6 +68,39 @@ def check_columns(path: str | os.PathLike, expected: pa.Schema) -> None:
         raise InputError(f"{path}: columns {got} do not match the expected {want}")
 
 
+def check_finite_scores(table: pa.Table, path: str | os.PathLike, first_row: int = 0) -> None:
+    """Refuse a scores table (:data:`~irflow.training_data.teacher.SCORES_SCHEMA` columns) with
+    a NaN or infinite ``pos_score``/``neg_scores`` value, naming the file, the row (counted
+    from 0 in the file; ``first_row`` is the table's first) and its query and documents."""
+    import numpy as np
+    import pyarrow.compute as pc
+
+    pos = table.column("pos_score").to_numpy(zero_copy_only=False)
+    lists = table.column("neg_scores").combine_chunks()
+    neg = lists.flatten().to_numpy(zero_copy_only=False)
+    bad_pos = np.flatnonzero(~np.isfinite(pos))
+    bad_neg = np.flatnonzero(~np.isfinite(neg))
+    if not bad_pos.size and not bad_neg.size:
+        return
+    lengths = pc.list_value_length(lists).to_numpy(zero_copy_only=False)
+    owner = np.repeat(np.arange(table.num_rows), lengths)
+    rows = sorted({*bad_pos.tolist(), *owner[bad_neg].tolist()})
+    row = rows[0]
+    sample = table.slice(row, 1).to_pylist()[0]
+    what = [f"pos_score {sample['pos_score']} (positive {sample['pos_id']!r})"] * (
+        not np.isfinite(pos[row])
+    )
+    what += [
+        f"neg_scores {score} (negative {doc!r})"
+        for doc, score in zip(sample["neg_ids"], sample["neg_scores"], strict=True)
+        if not np.isfinite(score)
+    ]
+    raise InputError(
+        f"{path}: {len(rows)} samples have non-finite teacher scores; first: row "
+        f"{first_row + row} (query {sample['query_id']!r}): " + ", ".join(what)
+    )
+
+
 class ParquetSink:
     """Append tables to an atomically written Parquet file in fixed-size row groups.
 

@@ -30,7 +30,12 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from irflow.io import write_json_atomic
-from irflow.training_data.artifacts import ParquetSink, check_columns, read_meta
+from irflow.training_data.artifacts import (
+    ParquetSink,
+    check_columns,
+    check_finite_scores,
+    read_meta,
+)
 from irflow.training_data.teacher import SCORES_SCHEMA
 
 
@@ -147,9 +152,14 @@ def filter_consistency(
     stats = _new_stats(params)
     stats["score_kind"] = meta["score_kind"]
     stats["teacher"] = meta["teacher"]["name"]
+    row = 0
     with ParquetSink(out_parquet, SCORES_SCHEMA, meta) as sink:
         for batch in pq.ParquetFile(scores_parquet).iter_batches(batch_size=8192):
-            sink.write(filter_scores(pa.Table.from_batches([batch]), params, stats))
+            table = pa.Table.from_batches([batch])
+            # NaN compares false both ways: a NaN negative would pass as consistent.
+            check_finite_scores(table, scores_parquet, row)
+            row += table.num_rows
+            sink.write(filter_scores(table, params, stats))
     if stats_json is not None:
         write_json_atomic(stats_json, stats)
     return stats

@@ -83,7 +83,14 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 
-from irflow.io import InputError, ranked, read_qrels, read_run_dict, write_json_atomic
+from irflow.io import (
+    InputError,
+    open_parquet,
+    ranked,
+    read_qrels,
+    read_run_dict,
+    write_json_atomic,
+)
 from irflow.training_data.artifacts import ParquetSink
 from irflow.training_data.pairs import SHOW, check_leakage, training_pairs
 
@@ -326,9 +333,7 @@ def _check_corpus(
     Returns the stats of the check; with ``policy="drop"`` ``pairs`` loses the positives that
     have no text (and queries left without positives).
     """
-    import pyarrow.parquet as pq
-
-    ids = set(pq.read_table(corpus_parquet, columns=["doc_id"]).column("doc_id").to_pylist())
+    ids = set(open_parquet(corpus_parquet).read(columns=["doc_id"]).column("doc_id").to_pylist())
     missing_run = sorted({d for q in pairs for d in run.get(q, {}) if d not in ids})
     if missing_run:
         raise InputError(

@@ -95,9 +95,14 @@ from irflow.batching import (
 )
 from irflow.batching import tokenizer_max_length as _tokenizer_max_length
 from irflow.batching import unique as _unique
-from irflow.io import InputError, sha256_file, write_json_atomic
+from irflow.io import InputError, open_parquet, sha256_file, write_json_atomic
 from irflow.models import ModelRef
-from irflow.training_data.artifacts import ParquetSink, check_columns, read_meta
+from irflow.training_data.artifacts import (
+    ParquetSink,
+    check_columns,
+    check_finite_scores,
+    read_meta,
+)
 from irflow.training_data.pairs import SHOW
 
 log = logging.getLogger(__name__)
@@ -489,7 +494,7 @@ class CorpusTexts:
     def __init__(self, corpus_parquet: str, needed: pa.Array, batch: int = 65_536):
         needed = pc.unique(needed)
         parts = []
-        parquet = pq.ParquetFile(corpus_parquet)
+        parquet = open_parquet(corpus_parquet)
         for record_batch in parquet.iter_batches(
             batch_size=batch, columns=["doc_id", "title", "text"]
         ):
@@ -558,7 +563,7 @@ def score_shard(
     samples_parquet, corpus_parquet = str(samples_parquet), str(corpus_parquet)
     from irflow.data import read_queries
 
-    total = pq.ParquetFile(samples_parquet).metadata.num_rows
+    total = open_parquet(samples_parquet).metadata.num_rows
     start, stop = shard_rows(total, shard_index, num_shards, chunk_samples)
     samples = _read_rows(samples_parquet, start, stop, ["query_id", "pos_id", "neg_ids"])
     queries = read_queries(str(queries_parquet))
@@ -750,8 +755,11 @@ def merge_shards(
     summary = _ScoreSummary()
     with ParquetSink(out_parquet, SCORES_SCHEMA, meta) as sink:
         for index in range(count):
+            row = 0
             for batch in pq.ParquetFile(by_index[index]).iter_batches(batch_size=8192):
                 table = pa.Table.from_batches([batch])
+                check_finite_scores(table, by_index[index], row)
+                row += table.num_rows
                 summary.add(table)
                 sink.write(table)
     stats = {
