@@ -499,7 +499,8 @@ def test_info_nce_bce_ranknet_by_hand():
 def test_spec_defaults_and_errors_name_the_key():
     spec = parse_spec({})
     assert (spec.adapter.r, spec.adapter.alpha, spec.adapter.dropout) == (16, 16.0, 0.05)
-    assert spec.embedding.temperature == 0.05 and spec.training.optimizer == "adamw8bit"
+    assert spec.embedding.temperature == 0.05
+    assert spec.training.optimizer == {"name": "adamw8bit", "weight_decay": 0.0}
     assert [s.tasks for s in spec.training.stages] == [("embed",), ("embed", "rerank")]
     with pytest.raises(InputError, match=r"adapter: unknown keys \['rank'\]"):
         parse_spec({"adapter": {"rank": 4}})
@@ -509,8 +510,11 @@ def test_spec_defaults_and_errors_name_the_key():
         parse_spec({"training": {"stages": [{"name": "x", "tasks": ["score"], "steps": 1}]}})
     with pytest.raises(InputError, match=r"reranking.template: .*\{document\} exactly once"):
         parse_spec({"reranking": {"template": "{query}"}})
-    with pytest.raises(InputError, match=r"training.optimizer: 'lion' is not one of"):
-        parse_spec({"training": {"optimizer": "lion"}})
+    with pytest.raises(InputError, match=r"training.optimizer: 'adam' is not one of"):
+        parse_spec({"training": {"optimizer": "adam"}})
+    with pytest.raises(InputError, match=r"training.optimizer.lr: the learning rate is set per"):
+        parse_spec({"training": {"optimizer": {"name": "adamw", "lr": 1}}})
+    assert parse_spec({"training": {"optimizer": {"class": "torch.optim.SGD"}}})
 
 
 # ---------------------------------------------------------------------------------------------

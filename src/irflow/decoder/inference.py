@@ -6,27 +6,19 @@ rules' shapes carry over: :func:`encode_corpus` writes ``embeddings.npy`` + ``do
 return ``{query_id: {doc_id: score}}`` for :func:`irflow.io.write_trec_run`. ``model`` is a
 :class:`irflow.decoder.model.UnifiedModel` from :func:`irflow.decoder.checkpoint.load_unified`.
 
-Inputs are sorted by token length and cut into token-budget batches (as the teacher does), so
-the scores are a pure function of the model and the texts: a reloaded model reproduces its run
-file exactly on the same machine.
+Inputs go through :mod:`irflow.batching`'s planner (each distinct input once, sorted by token
+length, batches by a token budget; default :data:`irflow.batching.DEFAULT_BATCH_TOKENS` for the
+device), so the scores are a pure function of the model and the texts: a reloaded model
+reproduces its run file exactly on the same machine and device.
 """
 
 from __future__ import annotations
 
 import numpy as np
-import pyarrow.parquet as pq
 
 from irflow.data import candidate_texts, doc_texts
-from irflow.io import InputError, atomic_output, write_json_atomic
-
-DEFAULT_BATCH_TOKENS = {"cpu": 8192, "cuda": 65536}
-DEFAULT_MAX_BATCH = 64
-
-
-def _budget(model, batch_tokens: int | None) -> int:
-    if batch_tokens:
-        return batch_tokens
-    return DEFAULT_BATCH_TOKENS["cuda" if model.device.type == "cuda" else "cpu"]
+from irflow.decoder.model import DEFAULT_MAX_BATCH
+from irflow.io import InputError, atomic_output, open_parquet, write_json_atomic
 
 
 def encode_corpus(
@@ -38,10 +30,9 @@ def encode_corpus(
     chunk: int = 20_000,
 ) -> None:
     """Embed every document (document template) into ``out_dir`` (atomic folder)."""
-    parquet = pq.ParquetFile(corpus_parquet)
+    parquet = open_parquet(corpus_parquet)
     total = parquet.metadata.num_rows
     dim = model.lm_head.in_features
-    budget = _budget(model, batch_tokens)
     with atomic_output(out_dir, directory=True) as tmp:
         matrix = np.lib.format.open_memmap(
             tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dim)
@@ -50,7 +41,7 @@ def encode_corpus(
         offset = 0
         for batch in parquet.iter_batches(batch_size=chunk, columns=["doc_id", "title", "text"]):
             texts = doc_texts(batch)
-            emb = model.encode(texts, "document", budget, max_batch)
+            emb = model.encode(texts, "document", batch_tokens, max_batch)
             matrix[offset : offset + len(texts)] = emb
             doc_ids.extend(batch.column("doc_id").to_pylist())
             offset += len(texts)
@@ -72,8 +63,7 @@ def dense_retrieve(
 
     doc_emb, doc_ids = load_embeddings(emb_dir)
     qids = sorted(queries)
-    query_emb = model.encode([queries[q] for q in qids], "query", _budget(model, batch_tokens),
-                             max_batch)  # fmt: skip
+    query_emb = model.encode([queries[q] for q in qids], "query", batch_tokens, max_batch)
     if query_emb.shape[1] != doc_emb.shape[1]:
         raise InputError(
             f"{emb_dir}: corpus embeddings have dimension {doc_emb.shape[1]}, the model gives "
@@ -105,11 +95,10 @@ def cosine_rerank(
     _check_queries(queries, candidates)
     top, texts = candidate_texts(corpus_parquet, candidates, depth)
     needed = list(texts)
-    budget = _budget(model, batch_tokens)
-    doc_emb = model.encode([texts[d] for d in needed], "document", budget, max_batch)
+    doc_emb = model.encode([texts[d] for d in needed], "document", batch_tokens, max_batch)
     row_of = {d: i for i, d in enumerate(needed)}
     qids = sorted(top)
-    query_emb = model.encode([queries[q] for q in qids], "query", budget, max_batch)
+    query_emb = model.encode([queries[q] for q in qids], "query", batch_tokens, max_batch)
     run = {}
     for qi, qid in enumerate(qids):
         scores = doc_emb[[row_of[d] for d in top[qid]]] @ query_emb[qi]
@@ -135,7 +124,7 @@ def rerank(
     scores = model.score(
         [queries[q] for q, _ in pairs],
         [texts[d] for _, d in pairs],
-        _budget(model, batch_tokens),
+        batch_tokens,
         max_batch,
     )
     run: dict[str, dict[str, float]] = {qid: {} for qid in qids}

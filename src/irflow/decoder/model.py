@@ -30,6 +30,9 @@ from torch import nn
 
 from irflow.io import InputError
 
+# Rows per inference batch at most; the token budget usually binds first.
+DEFAULT_MAX_BATCH = 64
+
 
 def answer_token_ids(tokenizer, template: str, yes: str = "yes", no: str = "no"):
     """``(yes_id, no_id, yes_text, no_text)``: single-token ids of the two answers.
@@ -256,30 +259,36 @@ class UnifiedModel(nn.Module):
         return torch.stack(self.routing.aux_losses).mean()
 
     # ------------------------------------------------------------------ inference (numpy)
-    def _run(self, ids: list[list[int]], fn, batch_tokens: int, max_batch: int) -> np.ndarray:
-        from irflow.training_data.teacher import plan_batches
+    def _run(self, ids: list[list[int]], fn, batch_tokens: int | None, max_batch: int):
+        """``fn`` over token-budget batches (:mod:`irflow.batching`), each distinct input once,
+        in inference mode; rows in input order."""
+        from irflow.batching import default_batch_tokens, plan_batches, unique
 
-        lengths = [len(x) for x in ids]
+        distinct, index = unique([tuple(x) for x in ids])
+        budget = batch_tokens or default_batch_tokens(self.device)
         out: np.ndarray | None = None
         with torch.inference_mode():
-            for batch in plan_batches(lengths, batch_tokens, max_batch):
-                values = fn([ids[i] for i in batch]).cpu().numpy()
+            for batch in plan_batches([len(x) for x in distinct], budget, max_batch):
+                values = fn([list(distinct[i]) for i in batch]).float().cpu().numpy()
                 if out is None:
-                    out = np.empty((len(ids), *values.shape[1:]), dtype=np.float32)
+                    out = np.empty((len(distinct), *values.shape[1:]), dtype=np.float32)
                 out[batch] = values
-        return out if out is not None else np.zeros((0,), dtype=np.float32)
+        return None if out is None else out[index]
 
     def encode(
-        self, texts: Sequence[str], role: str, batch_tokens: int = 8192, max_batch: int = 64
+        self,
+        texts: Sequence[str],
+        role: str,
+        batch_tokens: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> np.ndarray:
-        """L2-normalised embeddings (float32, ``(n, hidden)``); ``role``: query or document."""
+        """L2-normalised embeddings (float32, ``(n, hidden)``); ``role``: query or document.
+        ``batch_tokens``: padded tokens per batch (default: the device's budget)."""
         if role not in ("query", "document"):
             raise ValueError(f"role must be 'query' or 'document', got {role!r}")
-        ids = (self.prompter.query_ids if role == "query" else self.prompter.document_ids)(
-            list(texts)
-        )
-        out = self._run(ids, self.embed_ids, batch_tokens, max_batch)
-        if not len(ids):
+        build = self.prompter.query_ids if role == "query" else self.prompter.document_ids
+        out = self._run(build(list(texts)), self.embed_ids, batch_tokens, max_batch)
+        if out is None:
             return np.zeros((0, self.lm_head.in_features), dtype=np.float32)
         return out
 
@@ -287,12 +296,13 @@ class UnifiedModel(nn.Module):
         self,
         queries: Sequence[str],
         documents: Sequence[str],
-        batch_tokens: int = 8192,
-        max_batch: int = 64,
+        batch_tokens: int | None = None,
+        max_batch: int = DEFAULT_MAX_BATCH,
     ) -> np.ndarray:
         """Relevance scores (``logit(yes) - logit(no)``, or the MLP head's output)."""
         ids = self.prompter.pair_ids(list(queries), list(documents))
-        return self._run(ids, self.score_ids, batch_tokens, max_batch)
+        out = self._run(ids, self.score_ids, batch_tokens, max_batch)
+        return np.zeros(0, dtype=np.float32) if out is None else out
 
     def describe(self) -> dict[str, Any]:
         p = self.prompter

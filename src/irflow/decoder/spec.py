@@ -29,7 +29,6 @@ DEFAULT_RERANK_TEMPLATE = (
 )
 ALL_PROJECTIONS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MLP_PROJECTIONS = ["gate_proj", "up_proj", "down_proj"]
-OPTIMIZERS = ("adamw8bit", "adamw", "adam8bit", "adam", "sgd")
 SCHEDULES = ("constant", "constant_with_warmup", "linear", "cosine")
 ADAPTER_KINDS = ("lora", "moe-lora")
 RERANK_HEADS = ("yes_no", "mlp")
@@ -74,8 +73,10 @@ DEFAULTS: dict[str, Any] = {
     },
     "training": {
         "seed": 0,
+        # A name of irflow.students.optim's registry (adamw8bit, adamw, lion, lion8bit) or a
+        # mapping {name | class, weight_decay, betas, eps, kwargs} as for the students; the
+        # learning rate is per stage.
         "optimizer": "adamw8bit",
-        "weight_decay": 0.0,
         "max_grad_norm": 1.0,
         "gradient_checkpointing": False,
         "log_every": 1,
@@ -154,8 +155,7 @@ class StageSpec:
 @dataclass(frozen=True)
 class TrainingSpec:
     seed: int
-    optimizer: str
-    weight_decay: float
+    optimizer: dict[str, Any]
     max_grad_norm: float | None
     gradient_checkpointing: bool
     log_every: int
@@ -240,6 +240,29 @@ class _Checker:
         if not all(isinstance(v, str) and v for v in value) or len(set(value)) != len(value):
             raise self.fail(key, f"expected distinct non-empty names, got {value!r}")
         return tuple(value)
+
+
+def _optimizer(check: _Checker, value: Any) -> dict[str, Any]:
+    """The optimizer entry as a students ``optimizer`` mapping (weight decay 0 by default:
+    adapters are small and start at zero), checked by the students' own parser."""
+    from irflow.students.optim import OPTIMIZERS
+    from irflow.students.spec import OptimizerSpec
+
+    entry = {"name": value} if isinstance(value, str) else value
+    if not isinstance(entry, dict):
+        raise check.fail("training.optimizer", f"expected a name or a mapping, got {value!r}")
+    if "lr" in entry:
+        raise check.fail("training.optimizer.lr", "the learning rate is set per stage")
+    entry = {"weight_decay": 0.0, **entry}
+    try:
+        parsed = OptimizerSpec.from_config(entry)
+    except ValueError as err:
+        raise check.fail("training.optimizer", str(err)) from None
+    if parsed.class_path is None and parsed.name not in OPTIMIZERS:
+        raise check.fail(
+            "training.optimizer", f"{parsed.name!r} is not one of {sorted(OPTIMIZERS)}"
+        )
+    return entry
 
 
 def parse_spec(spec: dict[str, Any] | None, where: str = "decoder spec") -> DecoderSpec:
@@ -372,8 +395,7 @@ def parse_spec(spec: dict[str, Any] | None, where: str = "decoder spec") -> Deco
     max_norm = t["max_grad_norm"]
     training = TrainingSpec(
         seed=check.integer("training.seed", t["seed"], 0),
-        optimizer=check.choice("training.optimizer", t["optimizer"], OPTIMIZERS),
-        weight_decay=check.number("training.weight_decay", t["weight_decay"]),
+        optimizer=_optimizer(check, t["optimizer"]),
         max_grad_norm=None
         if max_norm is None
         else check.number("training.max_grad_norm", max_norm, open_low=True),

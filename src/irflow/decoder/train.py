@@ -44,7 +44,7 @@ from typing import Any
 
 import torch
 
-from irflow.io import InputError, atomic_output, write_json_atomic
+from irflow.io import atomic_output, write_json_atomic
 
 from .spec import DecoderSpec, StageSpec, parse_spec
 
@@ -53,20 +53,14 @@ log = logging.getLogger(__name__)
 _PROJECTION = re.compile(r"\.(\w+)\.lora_")
 
 
-def make_optimizer(name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float):
-    """The optimizer registry (``training.optimizer``)."""
-    if name in ("adamw8bit", "adam8bit"):
-        import bitsandbytes as bnb
+def make_optimizer(entry: dict[str, Any], params, lr: float, device: str):
+    """The stage's optimizer from :mod:`irflow.students.optim`'s registry (``entry``: the
+    parsed ``training.optimizer``; bitsandbytes optimizers are probed on ``device`` first)."""
+    from irflow.students.optim import build_optimizer
+    from irflow.students.spec import OptimizerSpec
 
-        cls = bnb.optim.AdamW8bit if name == "adamw8bit" else bnb.optim.Adam8bit
-        return cls(params, lr=lr, weight_decay=weight_decay)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=0.9, weight_decay=weight_decay)
-    raise InputError(f"training.optimizer: unknown optimizer {name!r}")
+    spec = OptimizerSpec.from_config({**entry, "lr": lr})
+    return build_optimizer(spec, params, device)
 
 
 def make_schedule(stage: StageSpec, optimizer):
@@ -245,7 +239,7 @@ class Trainer:
         from .losses import cosine, pcgrad
 
         spec = self.spec.training
-        optimizer = make_optimizer(spec.optimizer, self.groups.params, stage.lr, spec.weight_decay)
+        optimizer = make_optimizer(spec.optimizer, self.groups.params, stage.lr, self.device)
         schedule = make_schedule(stage, optimizer)
         expert_usage(self.model.peft, reset=True)
         self.model.train()
