@@ -48,12 +48,19 @@ def build_model(base_model, tokenizer, spec: DecoderSpec, seed: int | None = Non
     return UnifiedModel(peft_model, tokenizer, spec, routing=routing, score_head=head)
 
 
-def _base_info(base_model_dir: str | os.PathLike | None) -> dict[str, Any]:
-    if base_model_dir is None:
+def _base_info(base_model) -> dict[str, Any]:
+    """What identifies the base model: its folder (and config.json's sha256) or hub id."""
+    from irflow.models import ModelRef
+
+    if base_model is None:
         return {}
-    config = Path(base_model_dir) / "config.json"
+    if isinstance(base_model, ModelRef):
+        if not base_model.path:
+            return {"hf_id": base_model.hf_id, "revision": base_model.revision}
+        base_model = base_model.path
+    config = Path(base_model) / "config.json"
     return {
-        "path": str(base_model_dir),
+        "path": str(base_model),
         "config_sha256": sha256_file(config) if config.is_file() else None,
     }
 

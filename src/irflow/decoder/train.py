@@ -362,8 +362,9 @@ def train_unified(
     ``spec_dict``: see :mod:`.spec` (validated before anything is loaded). ``samples_parquet``:
     a scores file (:data:`irflow.training_data.teacher.SCORES_SCHEMA`); ``queries_parquet``:
     ``query_id, text``; ``corpus_parquet``: ``doc_id, title, text``; ``base_model_dir``: a
-    ``from_pretrained`` folder (e.g. from :func:`.base.convert_gguf`). Returns the stats, also
-    written to ``out_dir/train_stats.json``.
+    ``from_pretrained`` folder (e.g. from :func:`.base.convert_gguf`) or an
+    :class:`irflow.models.ModelRef` (``hf_id`` + ``revision``, e.g. Qwen/Qwen3-0.6B-Base).
+    Returns the stats, also written to ``out_dir/train_stats.json``.
     """
     from irflow.models import pick_device
 
