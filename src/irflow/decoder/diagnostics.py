@@ -121,6 +121,11 @@ def expert_usage_matrix(rows: list[dict[str, str]], stage: str, task: str):
     return [f"{layer}.{module}" for layer, module in keys], [f"{e}:{k}" for e, k in experts], matrix
 
 
+def _thin(count: int, most: int = 16) -> list[int]:
+    """Tick positions: all of them, or every k-th so at most ``most`` are labelled."""
+    return list(range(0, count, max(1, math.ceil(count / most))))
+
+
 def plot_diagnostics(
     diagnostics_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None
 ) -> list[Path]:
@@ -152,7 +157,8 @@ def plot_diagnostics(
         ax.set_title(f"{stage}: cos(grad L_emb, grad L_rerank)")
         ax.set_xlabel("step")
         ax.set_ylabel("layer")
-        ax.set_yticks(range(len(layers)), [str(v) for v in layers])
+        rows = _thin(len(layers))
+        ax.set_yticks(rows, [str(layers[i]) for i in rows])
         ticks = list(range(0, len(steps), max(1, len(steps) // 10)))
         ax.set_xticks(ticks, [str(steps[i]) for i in ticks])
         fig.colorbar(image, ax=ax)
@@ -173,11 +179,13 @@ def plot_diagnostics(
         axes[0][0].axis("off")
     for ax, task in zip(axes[0], tasks, strict=False):
         labels, experts, matrix = expert_usage_matrix(use_rows, stage, task)
-        image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0, vmax=1,
-                          interpolation="nearest")  # fmt: skip
+        image = ax.imshow(matrix, aspect="auto", cmap="viridis", vmin=0,
+                          vmax=max(float(matrix.max()), 1e-9), interpolation="nearest")  # fmt: skip
         ax.set_title(f"{stage}: expert usage, task {task}")
         ax.set_xticks(range(len(experts)), experts, rotation=90)
-        ax.set_yticks(range(len(labels)), labels, fontsize=6)
+        rows = _thin(len(labels), 40)
+        ax.set_yticks(rows, [labels[i] for i in rows], fontsize=6)
+        ax.set_ylabel("layer.projection")
         fig.colorbar(image, ax=ax)
     fig.tight_layout()
     path = out_dir / "expert_usage.svg"
