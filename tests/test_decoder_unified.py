@@ -603,6 +603,8 @@ def test_joint_moe_training_writes_diagnostics_of_the_right_shape(
     svgs = plot_diagnostics(diag, tmp_path / "plots")
     assert [p.name for p in svgs] == ["grad_cosine.svg", "expert_usage.svg"]
     assert all(p.read_text().lstrip().startswith("<?xml") for p in svgs)
+    again = plot_diagnostics(diag, tmp_path / "plots-again")
+    assert [p.read_bytes() for p in again] == [p.read_bytes() for p in svgs]  # reproducible
 
     model_files = sorted(p.name for p in (tmp_path / "model").iterdir())
     assert {"adapter_config.json", "adapter_model.safetensors", "moe_lora.json",
