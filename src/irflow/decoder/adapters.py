@@ -46,6 +46,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from peft.tuners.lora.layer import Linear as _LoraLinear
 from torch import nn
 
 from irflow.io import InputError, write_json_atomic
@@ -121,9 +122,6 @@ class RoutingState:
 
 def _module_seed(seed: int, name: str) -> int:
     return (int(seed) * 1_000_003 + zlib.crc32(name.encode())) % (2**63)
-
-
-from peft.tuners.lora.layer import Linear as _LoraLinear  # noqa: E402
 
 
 class MoELoraLinear(_LoraLinear):
