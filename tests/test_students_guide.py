@@ -264,3 +264,35 @@ def test_bad_parents_and_layers_leave_nothing(parents, tmp_path):
     with pytest.raises(InputError, match="'gpt2' is not supported"):
         build_student(tmp_path / "gpt2", [0], tmp_path / "student")
     assert [p.name for p in tmp_path.iterdir()] == ["gpt2"]
+
+
+@pytest.mark.models
+@pytest.mark.parametrize(("name", "keep"), [("all-MiniLM-L6-v2", 3), ("all-mpnet-base-v2", 6)])
+def test_real_models_give_students_that_load(name, keep, tmp_path):
+    """The shipped sentence-transformers models: a full copy embeds exactly like the parent, a
+    GUIDE half loads as both a bi-encoder and a cross-encoder."""
+    from pathlib import Path
+
+    from sentence_transformers import CrossEncoder, SentenceTransformer
+
+    parent = Path(__file__).resolve().parents[1] / "resources" / "models" / name
+    if not parent.is_dir():
+        pytest.skip(f"{parent} missing (scripts/setup.sh unpacks it)")
+    torch.set_num_threads(1)
+    depth = json.loads((parent / "config.json").read_text())["num_hidden_layers"]
+    build_student(parent, list(range(depth)), tmp_path / "all")
+    stats = build_student(parent, select_layers(depth, keep), tmp_path / "half")
+    assert stats["layers"] == select_layers(depth, keep) and stats["student_layers"] == keep
+    texts = ["what is the capital of france", "Paris is the capital of France."]
+    reference = SentenceTransformer(str(parent), device="cpu")
+    copy = SentenceTransformer(str(tmp_path / "all"), device="cpu")
+    for model in (reference, copy):  # equally aligned weights (see _outputs)
+        for tensor in model.parameters():
+            tensor.data = tensor.data.clone()
+    assert (reference.encode(texts) == copy.encode(texts)).all()
+    half = SentenceTransformer(str(tmp_path / "half"), device="cpu")
+    assert half.encode(texts).shape == reference.encode(texts).shape
+    assert half[0].auto_model.config.num_hidden_layers == keep
+    assert CrossEncoder(str(tmp_path / "half"), num_labels=1, device="cpu").predict(
+        [tuple(texts)]
+    ).shape == (1,)

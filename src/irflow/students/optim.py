@@ -3,7 +3,7 @@
 =============  ============================================  ==============================
 name           class                                         state
 =============  ============================================  ==============================
-``adamw``      ``torch.optim.AdamW``                         fp32
+``adamw``      ``torch.optim.AdamW`` (fused)                 fp32
 ``lion``       ``bitsandbytes.optim.Lion`` (optim_bits 32)   fp32
 ``adamw8bit``  ``bitsandbytes.optim.AdamW8bit``              8-bit blockwise quantised
 ``lion8bit``   ``bitsandbytes.optim.Lion8bit``               8-bit blockwise quantised
@@ -29,7 +29,8 @@ from typing import Any
 from irflow.students.spec import OptimizerSpec
 
 OPTIMIZERS: dict[str, tuple[str, dict[str, Any]]] = {
-    "adamw": ("torch.optim.AdamW", {}),
+    # Fused kernel: what the Hugging Face Trainer uses by default (torch >= 2.8), CPU and CUDA.
+    "adamw": ("torch.optim.AdamW", {"fused": True}),
     "lion": ("bitsandbytes.optim.Lion", {"optim_bits": 32}),
     "adamw8bit": ("bitsandbytes.optim.AdamW8bit", {}),
     "lion8bit": ("bitsandbytes.optim.Lion8bit", {}),
