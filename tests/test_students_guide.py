@@ -11,7 +11,7 @@ from test_students_common import VOCAB, state_dicts_equal, tiny_bi_encoder
 
 from irflow.io import InputError
 from irflow.models import ModelRef
-from irflow.students.guide import build_student, select_layers
+from irflow.students.guide import build_student, init_student, model_depth, select_layers
 
 # ---------------------------------------------------------------------------------------------
 # Layer selection
@@ -247,6 +247,21 @@ def test_sentence_transformers_parent_gives_a_folder_both_classes_load(tmp_path)
     cross = CrossEncoder(str(tmp_path / "half"), num_labels=1, device="cpu")
     assert cross.predict([("cat", "dog")]).shape == (1,)
     assert "README.md" not in os.listdir(tmp_path / "half")
+
+
+def test_init_student_selects_on_the_parents_depth(parents, tmp_path):
+    folder, cls = parents["llama-lm"]
+    assert model_depth(folder) == 4
+    stats = init_student(folder, tmp_path / "uniform", 2)
+    assert stats["layers"] == [0, 2] and stats["strategy"] == "uniform"
+    stats = init_student(ModelRef("llama", path=str(folder)), tmp_path / "first", 3, "first")
+    assert stats["layers"] == [0, 1, 2] and stats["strategy"] == "first"
+    assert cls.from_pretrained(tmp_path / "first").config.num_hidden_layers == 3
+    with pytest.raises(ValueError, match=r"^llama: num_student_layers must be between 1 and the"):
+        init_student(ModelRef("llama", path=str(folder)), tmp_path / "deep", 6)
+    with pytest.raises(ValueError, match="the model has 4 layers"):
+        init_student(folder, tmp_path / "explicit", layers=[3, 4])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["first", "uniform"]
 
 
 def test_bad_parents_and_layers_leave_nothing(parents, tmp_path):

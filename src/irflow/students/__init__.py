@@ -4,7 +4,8 @@
 module                      what
 ==========================  ===============================================================
 :mod:`.guide`               layer selection (:func:`select_layers`) and shallower student
-                            checkpoints of a parent (:func:`build_student`)
+                            checkpoints of a parent (:func:`build_student`,
+                            :func:`init_student` = both on the parent's depth)
 :mod:`.spec`                the training specification from the config
                             (:class:`StudentTrainingSpec`)
 :mod:`.losses`              objective registry (cross-encoder: bce, cl, kd, margin_mse;
@@ -18,7 +19,13 @@ module                      what
 Importing this package is cheap (no torch): the training functions are imported on first use.
 """
 
-from irflow.students.guide import STRATEGIES, build_student, select_layers
+from irflow.students.guide import (
+    STRATEGIES,
+    build_student,
+    init_student,
+    model_depth,
+    select_layers,
+)
 from irflow.students.losses import OBJECTIVES, get_objective
 from irflow.students.optim import OPTIMIZERS
 from irflow.students.spec import StudentTrainingSpec
@@ -53,6 +60,8 @@ __all__ = [
     "StudentTrainingSpec",
     "build_student",
     "get_objective",
+    "init_student",
+    "model_depth",
     "save_untrained",
     "select_layers",
     "train_bi_encoder",

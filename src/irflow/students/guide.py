@@ -245,6 +245,43 @@ def _check_layer_weights(config, prefix: str, layers: list[int], state: dict[str
         )
 
 
+def _parent_config(parent: ModelRef | str | os.PathLike):
+    from transformers import AutoConfig
+
+    folder, name, trust_remote_code = _resolve_parent(parent)
+    subdir = _transformer_subdir(folder)
+    hf_dir = folder / subdir if subdir else folder
+    try:
+        config = AutoConfig.from_pretrained(hf_dir, trust_remote_code=trust_remote_code)
+    except Exception as err:  # many library error types; the user needs the folder
+        raise InputError(f"{name}: no readable model config in {hf_dir}: {err}") from err
+    return folder, subdir, hf_dir, name, config
+
+
+def model_depth(parent: ModelRef | str | os.PathLike) -> int:
+    """The number of transformer layers of a model (its config's ``num_hidden_layers``)."""
+    return int(_parent_config(parent)[4].num_hidden_layers)
+
+
+def init_student(
+    parent: ModelRef | str | os.PathLike,
+    out_dir: str | os.PathLike,
+    num_student_layers: int | None = None,
+    strategy: str = "uniform",
+    layers: list[int] | None = None,
+) -> dict[str, Any]:
+    """:func:`select_layers` on the parent's depth, then :func:`build_student`; the stats add
+    the strategy. Errors name the parent and its depth."""
+    depth = model_depth(parent)
+    name = parent.name if isinstance(parent, ModelRef) else str(parent)
+    try:
+        chosen = select_layers(depth, num_student_layers, strategy, layers)
+    except ValueError as err:
+        raise ValueError(f"{name}: {err}") from None
+    stats = build_student(parent, chosen, out_dir)
+    return {**stats, "strategy": "explicit" if layers is not None else strategy}
+
+
 def build_student(
     parent: ModelRef | str | os.PathLike,
     layers: list[int],
@@ -259,15 +296,8 @@ def build_student(
     the parameter counts before and after.
     """
     from safetensors.torch import save_file
-    from transformers import AutoConfig
 
-    folder, name, trust_remote_code = _resolve_parent(parent)
-    subdir = _transformer_subdir(folder)
-    hf_dir = folder / subdir if subdir else folder
-    try:
-        config = AutoConfig.from_pretrained(hf_dir, trust_remote_code=trust_remote_code)
-    except Exception as err:  # many library error types; the user needs the folder
-        raise InputError(f"{name}: no readable model config in {hf_dir}: {err}") from err
+    folder, subdir, hf_dir, name, config = _parent_config(parent)
     if config.model_type not in SUPPORTED_MODEL_TYPES:
         raise InputError(
             f"{name}: model type {config.model_type!r} is not supported for layer selection; "
