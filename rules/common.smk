@@ -509,3 +509,62 @@ def study_metric_files(wildcards):
         f"{RESULTS}/metrics/{dataset}/{run}/per-query.tsv"
         for _, _, dataset, run in study_runs(wildcards.study)
     ]
+
+
+# ---------------------------------------------------------------------------------------------
+# Source files of local BEIR folders (inputs of rules/data.smk)
+# ---------------------------------------------------------------------------------------------
+# Declared as inputs so that editing a corpus, queries, qrels or candidates file on disk reruns
+# its preparation and everything downstream (Snakemake's mtime and input triggers), and so that
+# each preparation's provenance record holds the digests of the files it read. An ir_datasets
+# id has no files to declare. The layout is the one irflow.data.DatasetSource.load reads.
+import os
+
+
+def beir_source_files(dataset, parts):
+    """{part: path} of the files a dataset's BEIR folder holds for `parts` (corpus, queries,
+    qrels, candidates); raised here, while the DAG is built, a missing folder or file names the
+    config key to fix instead of surfacing as Snakemake's missing-input error."""
+    entry = config["datasets"][dataset]
+    folder = entry.get("beir_folder")
+    if not folder:
+        return {}
+    split = entry.get("split", "test")
+    if not os.path.isdir(folder):
+        raise WorkflowError(
+            f"config: datasets.{dataset}.beir_folder: folder {folder} does not exist. Point "
+            f"'datasets: {dataset}: beir_folder' in the config at a BEIR-layout folder "
+            f"(corpus.jsonl, queries.jsonl, qrels/{split}.tsv), or use 'ir_datasets: <id>' "
+            f"instead."
+        )
+    layout = {
+        "corpus": ("corpus.jsonl", "beir_folder"),
+        "queries": ("queries.jsonl", "beir_folder"),
+        "qrels": (os.path.join("qrels", f"{split}.tsv"), "split"),
+        "candidates": (entry.get("candidates"), "candidates"),
+    }
+    files = {}
+    for part in parts:
+        name, key = layout[part]
+        if name is None:  # no candidates configured: the job itself says so
+            continue
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise WorkflowError(
+                f"config: datasets.{dataset}.{key}: {path} does not exist (the BEIR folder "
+                f"{folder} must hold corpus.jsonl, queries.jsonl and qrels/{split}.tsv)"
+            )
+        files[part] = path
+    return files
+
+
+def corpus_source_files(wildcards):
+    return beir_source_files(corpus_source(wildcards.corpus)["name"], ["corpus"])
+
+
+def topics_source_files(wildcards):
+    return beir_source_files(wildcards.dataset, ["queries", "qrels"])
+
+
+def candidates_source_files(wildcards):
+    return beir_source_files(wildcards.dataset, ["candidates"])

@@ -1,8 +1,11 @@
 # Data: normalise each configured dataset (ir_datasets id or BEIR folder) into the workflow's own
 # artifacts: a corpus per corpus name, judged queries and qrels per dataset, given candidates.
+# A BEIR folder's files are the rules' inputs (rules/common.smk), so editing one reruns them.
 
 
 rule prepare_corpus:
+    input:
+        unpack(corpus_source_files),
     output:
         corpus=f"{RESULTS}/data/corpora/{{corpus}}/corpus.parquet",
         manifest=f"{RESULTS}/data/corpora/{{corpus}}/manifest.json",
@@ -22,6 +25,8 @@ rule prepare_corpus:
 
 
 rule prepare_topics:
+    input:
+        unpack(topics_source_files),
     output:
         queries=f"{RESULTS}/data/datasets/{{dataset}}/queries.parquet",
         qrels=f"{RESULTS}/data/datasets/{{dataset}}/qrels.trec",
@@ -42,6 +47,8 @@ rule prepare_topics:
 
 
 rule given_candidates:
+    input:
+        unpack(candidates_source_files),
     output:
         run=f"{RESULTS}/runs/{{dataset}}/first-stage/{{retriever}}.trec",
     log:

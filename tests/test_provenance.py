@@ -277,7 +277,7 @@ def test_every_artifact_has_a_record_with_its_digest(workflow_run):
 
 @pytest.mark.slow
 def test_manifest_lists_every_job_behind_the_targets(workflow_run):
-    workdir, _, _ = workflow_run
+    workdir, config, _ = workflow_run
     manifest = json.loads((workdir / "results/provenance/manifest.json").read_text())
     rules = {job["rule"] for job in manifest["jobs"]}
     assert rules == {
@@ -291,6 +291,12 @@ def test_manifest_lists_every_job_behind_the_targets(workflow_run):
     }
     assert manifest["stale"] == [] and all(a["verified"] for a in manifest["artifacts"])
     assert manifest["unrecorded"] == []
+    # The BEIR folder's files are the data rules' inputs: listed as sources with their digests.
+    data = Path(config["datasets"]["tiny"]["beir_folder"])
+    files = [data / "corpus.jsonl", data / "qrels" / "test.tsv", data / "queries.jsonl"]
+    assert manifest["sources"] == [
+        {"path": str(f), "sha256": _sha(f), "size": f.stat().st_size} for f in files
+    ]
     # The manifest knows each rule's declared container (the job itself cannot see it).
     declared = {job["rule"]: job["container"]["declared"] for job in manifest["jobs"]}
     assert declared["bm25_index"] == "docker://localhost/irflow-eval:0.1.0"

@@ -474,13 +474,18 @@ def collect_manifest(
 
     With ``verify`` every recorded output digest is compared with the file as it is now; a
     difference marks the record stale (the file changed after the job that recorded it).
-    Inputs no job produced (source data outside the results folder) are listed as sources.
+    Inputs no job produced are listed as sources when they lie outside the results folder
+    (source data such as a BEIR folder's files, with the digest the consuming job recorded) and
+    as unrecorded when inside it (built before records existed, or by hand).
     """
     index = index_records(provenance_dir)
+    results_root = os.path.abspath(os.path.dirname(_norm(os.fspath(provenance_dir))))
     queue = [_norm(t) for t in targets]
     seen_paths: set[str] = set()
     records: dict[Path, dict] = {}
     unrecorded: list[str] = []
+    sources: dict[str, dict] = {}
+    consumed: dict[str, dict] = {}  # input path -> the input entry of a record that read it
     while queue:
         path = queue.pop(0)
         if path in seen_paths:
@@ -488,7 +493,15 @@ def collect_manifest(
         seen_paths.add(path)
         file = index.get(path)
         if file is None:
-            unrecorded.append(path)
+            if os.path.abspath(path).startswith(results_root + os.sep):
+                unrecorded.append(path)
+            else:
+                entry = consumed.get(path, {})
+                sources[path] = {
+                    "path": path,
+                    "sha256": entry.get("sha256"),
+                    "size": entry.get("size"),
+                }
             continue
         if file in records:
             continue
@@ -497,7 +510,9 @@ def collect_manifest(
             # A job cannot see its rule's container directive; the workflow can.
             record.setdefault("container", {})["declared"] = declared_containers.get(record["rule"])
         records[file] = record
-        queue.extend(_norm(entry["path"]) for entry in record.get("inputs", []))
+        for entry in record.get("inputs", []):
+            consumed.setdefault(_norm(entry["path"]), entry)
+            queue.append(_norm(entry["path"]))
 
     artifacts = []
     for file, record in records.items():
@@ -539,6 +554,7 @@ def collect_manifest(
         "summary": summary,
         "artifacts": artifacts,
         "unrecorded": sorted(unrecorded),
+        "sources": [sources[path] for path in sorted(sources)],
         "stale": [a["path"] for a in artifacts if a.get("verified") is False],
         "jobs": [
             {
@@ -591,6 +607,7 @@ def manifest_markdown(manifest: Mapping) -> str:
         f"- devices: {'; '.join(_device_text(d) for d in summary['devices'])}",
         f"- stale records: {len(manifest['stale'])}",
         f"- paths without a record: {len(manifest['unrecorded'])}",
+        f"- source files read: {len(manifest.get('sources', []))}",
         "",
         "| artifact | rule | size | sha256 |",
         "|---|---|---:|---|",
@@ -601,6 +618,12 @@ def manifest_markdown(manifest: Mapping) -> str:
             f"| `{artifact['path']}` | {artifact['rule']} | {artifact['size']} | "
             f"`{(artifact['sha256'] or '')[:16]}`{mark} |"
         )
+    if manifest.get("sources"):
+        lines += ["", "| source file | size | sha256 |", "|---|---:|---|"]
+        lines += [
+            f"| `{src['path']}` | {src['size']} | `{(src['sha256'] or '')[:16]}` |"
+            for src in manifest["sources"]
+        ]
     lines += ["", "| package | version |", "|---|---|"]
     lines += [f"| {name} | {', '.join(v)} |" for name, v in summary["packages"].items()]
     return "\n".join(lines) + "\n"
