@@ -20,6 +20,7 @@ include: "rules/first_stage.smk"
 include: "rules/rerank.smk"
 include: "rules/training_data.smk"
 include: "rules/students.smk"
+include: "rules/decoder.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
 

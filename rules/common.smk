@@ -210,8 +210,9 @@ def model_input(name):
     return PRODUCED_MODELS.get(name, [])
 
 
-def check_student_data():
-    """A student's training data must be an artifact some training_data entry builds."""
+def check_student_data(section="students"):
+    """A student's (or decoder's: section) training data must be an artifact some training_data
+    entry builds."""
     built = set()
     for build in config["training_data"]:
         for miner in build["miners"]:
@@ -219,27 +220,28 @@ def check_student_data():
                 built.add((build["training_set"], miner, teacher, None))
                 for filt in build.get("filters", []):
                     built.add((build["training_set"], miner, teacher, filt))
-    for name, spec in config["students"].items():
+    for name, spec in config[section].items():
         data = spec["data"]
         for key in ("training_set", "miner", "teacher", "filter"):
             if data.get(key) is not None:
                 check_reference(
-                    f"students.{name}.data.{key}",
+                    f"{section}.{name}.data.{key}",
                     f"{key}s" if key != "training_set" else "training_sets",
                     data[key],
                 )
         key = (data["training_set"], data["miner"], data["teacher"], data.get("filter"))
         if key not in built:
             raise WorkflowError(
-                f"config: students.{name}.data asks for {student_data_path(name)}, which no "
+                f"config: {section}.{name}.data asks for "
+                f"{student_data_path(name, section)}, which no "
                 f"'training_data:' entry builds (rules merge_teacher_scores / consistency_filter "
                 f"produce it); add training_set {key[0]!r} with miner {key[1]!r}, teacher "
                 f"{key[2]!r}" + (f" and filter {key[3]!r}" if key[3] else "") + " there"
             )
 
 
-def student_data_path(name):
-    data = config["students"][name]["data"]
+def student_data_path(name, section="students"):
+    data = config[section][name]["data"]
     base = f"{data['training_set']}/{data['miner']}/{data['teacher']}"
     if data.get("filter"):
         return f"{RESULTS}/filtered/{base}/{data['filter']}.parquet"
@@ -449,6 +451,7 @@ def all_targets():
         baseline_targets()
         + training_data_targets()
         + study_targets()
+        + decoder_targets()  # rules/decoder_inputs.smk
         + report_targets()  # rules/report.smk
     )
 

@@ -93,7 +93,7 @@ rule cost_table:
         benchmarks=lambda wildcards, output: results_dir_of(
             output.tsv, "tables/cost.tsv", "benchmarks"
         ),
-        studies=lambda wildcards: config.get("studies", {}),
+        studies=lambda wildcards: all_study_specs(),
     script:
         "../workflow_scripts/cost_table.py"
 
@@ -110,6 +110,11 @@ rule report_html:
                 "studies": list(study_table_files(wildcards).values()),
                 "study_deltas": list(study_delta_files(wildcards).values()),
                 "curves": list(curve_files(wildcards).values()),
+                "decoder_plots": [
+                    svg
+                    for plots in decoder_plots(wildcards).values()
+                    for svg in plots.values()
+                ],
                 "reproduction": f"{RESULTS}/tables/reproduction.tsv",
                 "cost": f"{RESULTS}/tables/cost.tsv",
                 "manifest": f"{RESULTS}/provenance/manifest.json",
@@ -136,8 +141,9 @@ rule report_html:
         ),
         studies=lambda wildcards: study_table_files(wildcards),
         study_deltas=lambda wildcards: study_delta_files(wildcards),
-        study_specs=lambda wildcards: config.get("studies", {}),
+        study_specs=lambda wildcards: all_study_specs(),
         curves=lambda wildcards: curve_files(wildcards),
+        decoder_plots=decoder_plots,
         configfiles=[str(f) for f in workflow.overwrite_configfiles or []],
         config=lambda wildcards: config,
     script:

@@ -23,10 +23,29 @@ def pipeline_targets():
 
 
 def configured_study_runs():
-    """(arm, reranker, dataset, run) of every study (rules/students.smk), or none."""
-    if "study_runs" not in globals():
-        return []
-    return [row for study in config.get("studies", {}) for row in study_runs(study)]
+    """(arm, reranker, dataset, run) of every study (rules/students.smk) and decoder study
+    (rules/decoder.smk), or none."""
+    rows = []
+    if "study_runs" in globals():
+        rows += [
+            row for study in config.get("studies", {}) for row in study_runs(study)
+        ]
+    if "decoder_study_runs" in globals():
+        for study in config.get("decoder_studies", {}):
+            rows += decoder_study_runs(study)
+    return rows
+
+
+def all_study_specs():
+    """{study: spec} of the students' studies and the decoder studies (names are distinct)."""
+    return {**config.get("studies", {}), **config.get("decoder_studies", {})}
+
+
+def decoder_plots(wildcards):
+    """{arm: {plot: svg}}: heatmaps of the decoder studies' joint / MoE-LoRA arms (decoder.smk)."""
+    if "decoder_report_plots" not in globals():
+        return {}
+    return decoder_report_plots()
 
 
 def known_runs():
@@ -62,14 +81,11 @@ def expectation_metric_files(wildcards):
 
 
 def study_table_files(wildcards):
-    return {s: f"{RESULTS}/tables/studies/{s}.tsv" for s in config.get("studies", {})}
+    return {s: f"{RESULTS}/tables/studies/{s}.tsv" for s in all_study_specs()}
 
 
 def study_delta_files(wildcards):
-    return {
-        s: f"{RESULTS}/tables/studies/{s}.per-query.tsv"
-        for s in config.get("studies", {})
-    }
+    return {s: f"{RESULTS}/tables/studies/{s}.per-query.tsv" for s in all_study_specs()}
 
 
 def curve_files(wildcards):

@@ -22,6 +22,7 @@ inputs = ReportInputs(
     study_specs=dict(snakemake.params.study_specs),
     metric_files=list(snakemake.input.metrics),
     curves=dict(snakemake.params.curves),
+    decoder_plots={arm: dict(plots) for arm, plots in snakemake.params.decoder_plots.items()},
     reproduction=snakemake.input.reproduction,
     cost=snakemake.input.cost,
     manifest=snakemake.input.manifest,

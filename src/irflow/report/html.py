@@ -47,6 +47,8 @@ class ReportInputs:
     study_specs: dict[str, dict] = field(default_factory=dict)
     metric_files: list[str] = field(default_factory=list)  # mean.tsv of every metric row
     curves: dict[str, str] = field(default_factory=dict)  # student -> curves.jsonl
+    # decoder arm -> {"grad_cosine" | "expert_usage": SVG file} (irflow.decoder.diagnostics)
+    decoder_plots: dict[str, dict[str, str]] = field(default_factory=dict)
     reproduction: str | None = None
     cost: str | None = None
     manifest: str | None = None
@@ -256,6 +258,24 @@ def curve_plots(inputs: ReportInputs) -> list[dict]:
     return figures
 
 
+DECODER_PLOT_CAPTIONS = {
+    "grad_cosine": "cosine between the embedding and reranking gradients, per layer and step",
+    "expert_usage": "MoE-LoRA expert usage per task (share of routed slots)",
+}
+
+
+def decoder_plot_figures(inputs: ReportInputs) -> list[dict]:
+    """The unified decoder's heatmaps, as drawn by rule decoder_diagnostics (SVG files)."""
+    figures = []
+    for arm, files in sorted(inputs.decoder_plots.items()):
+        for plot, path in files.items():
+            if _exists(path):
+                svg = plots.inline_svg(Path(path).read_text(encoding="utf-8"))
+                caption = f"decoder {arm}: {DECODER_PLOT_CAPTIONS.get(plot, plot)}"
+                figures.append({"caption": caption, "svg": svg})
+    return figures
+
+
 def reproduction_section(inputs: ReportInputs) -> dict | None:
     if not _exists(inputs.reproduction):
         return None
@@ -350,6 +370,7 @@ def render(inputs: ReportInputs, template: str | os.PathLike = DEFAULT_TEMPLATE)
         "baseline_plots": baseline_delta_plots(inputs),
         "studies": study_sections(inputs),
         "curves": curve_plots(inputs),
+        "decoder_plots": decoder_plot_figures(inputs),
         "training_data": table(training) if training is not None else None,
         "cost": cost_section(inputs),
         "provenance": provenance_section(inputs),
@@ -358,7 +379,7 @@ def render(inputs: ReportInputs, template: str | os.PathLike = DEFAULT_TEMPLATE)
         "all_command": command_for(inputs, "all").removesuffix(" all"),
         "check_command": command_for(inputs, "check"),
     }
-    for section in ("baseline_plots", "curves"):
+    for section in ("baseline_plots", "curves", "decoder_plots"):
         for figure in context[section]:
             figure["svg"] = Markup(figure["svg"])
     for study in context["studies"]:

@@ -30,11 +30,14 @@ def _svg(fig) -> str:
     buffer = io.StringIO()
     fig.savefig(buffer, format="svg", bbox_inches="tight", metadata={"Date": None})
     plt.close(fig)
-    text = buffer.getvalue()
-    # Inline SVG in HTML needs neither the XML declaration nor the DOCTYPE.
+    return inline_svg(buffer.getvalue())
+
+
+def inline_svg(text: str) -> str:
+    """An SVG document as an element for inline HTML: without the XML declaration and the
+    DOCTYPE, which HTML needs neither of."""
     text = re.sub(r"^<\?xml[^>]*>\s*", "", text)
-    text = re.sub(r"<!DOCTYPE[^>]*>\s*", "", text)
-    return text
+    return re.sub(r"<!DOCTYPE[^>]*>\s*", "", text)
 
 
 def per_query_delta(
