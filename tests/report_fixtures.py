@@ -11,8 +11,9 @@ nDCG@10 = RR@10 = AP = 1.0 for every query.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from tiny_builders import tiny_bert, tiny_sentence_transformer, write_beir
 
 DOCS = {
     "d1": "apple banana orchard",
@@ -32,49 +33,15 @@ BM25_NDCG10 = 1.0
 
 def tiny_beir(folder: Path) -> Path:
     """corpus.jsonl, queries.jsonl and qrels/test.tsv in BEIR's layout."""
-    (folder / "qrels").mkdir(parents=True, exist_ok=True)
-    with open(folder / "corpus.jsonl", "w", encoding="utf-8") as out:
-        for doc_id, text in DOCS.items():
-            out.write(json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n")
-    with open(folder / "queries.jsonl", "w", encoding="utf-8") as out:
-        for qid, text in QUERIES.items():
-            out.write(json.dumps({"_id": qid, "text": text}) + "\n")
-    lines = ["query-id\tcorpus-id\tscore"]
-    lines += [f"{q}\t{d}\t{label}" for q, docs in QRELS.items() for d, label in docs.items()]
-    (folder / "qrels" / "test.tsv").write_text("\n".join(lines) + "\n")
-    return folder
+    rows = [(q, d, label) for q, docs in QRELS.items() for d, label in docs.items()]
+    return write_beir(folder, DOCS, QUERIES, {"test": rows})
 
 
 def tiny_bi_encoder(folder: Path, seed: int = 0) -> Path:
     """A sentence-transformers folder: random 2-layer BERT (hidden 32), mean pooling, normalised."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Normalize, Pooling
-    from sentence_transformers.sentence_transformer.modules import Transformer as STTransformer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
     words = sorted({w for text in [*DOCS.values(), *QUERIES.values()] for w in text.split()})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    bert = folder.parent / f"{folder.name}-bert"
-    bert.mkdir(parents=True, exist_ok=True)
-    vocab_file = folder.parent / f"{folder.name}-vocab.txt"
-    vocab_file.write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(vocab_file)).save_pretrained(bert)
-    torch.manual_seed(seed)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-        hidden_dropout_prob=0.0,
-        attention_probs_dropout_prob=0.0,
-    )
-    BertModel(config).save_pretrained(bert)
-    modules = [STTransformer(str(bert), max_seq_length=32), Pooling(32, "mean"), Normalize()]
-    SentenceTransformer(modules=modules, device="cpu").save(str(folder))
-    return folder
+    bert = tiny_bert(folder.parent / f"{folder.name}-bert", words, seed=seed)
+    return tiny_sentence_transformer(folder, bert, max_seq_length=32)
 
 
 def tiny_config(data: Path, model: Path | None = None, **overrides) -> dict:

@@ -31,7 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import tiny_workflow as tw
-from workflow_helpers import REPO, offline_env
+from tiny_builders import scores_table, write_beir, write_corpus_parquet, write_queries_parquet
+from workflow_helpers import REPO, offline_env, require_slurm, snakemake_command, write_config
 
 from irflow.io import InputError
 
@@ -50,17 +51,10 @@ LATIN1 = "café crème".encode("latin-1")  # b"caf\xe9 cr\xe8me": not UTF-8
 
 def beir_folder(root: Path) -> Path:
     """A valid 3-document, 2-query BEIR folder with a candidate run."""
-    folder = root / "beir"
-    (folder / "qrels").mkdir(parents=True)
+    docs = {"d1": "cat dog", "d2": "river city", "d3": "gene drug"}
+    queries = {"q1": "cat", "q2": "river"}
+    folder = write_beir(root / "beir", docs, queries, {"test": [("q1", "d1", 1), ("q2", "d2", 1)]})
     (folder / "runs").mkdir()
-    docs = [("d1", "cat dog"), ("d2", "river city"), ("d3", "gene drug")]
-    (folder / "corpus.jsonl").write_text(
-        "".join(json.dumps({"_id": d, "title": "", "text": t}) + "\n" for d, t in docs)
-    )
-    (folder / "queries.jsonl").write_text(
-        '{"_id": "q1", "text": "cat"}\n{"_id": "q2", "text": "river"}\n'
-    )
-    (folder / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq1\td1\t1\nq2\td2\t1\n")
     (folder / "runs" / "bm25.trec").write_text(
         "q1 Q0 d1 1 2.5 bm25\nq1 Q0 d2 2 1.5 bm25\nq2 Q0 d2 1 3.0 bm25\n"
     )
@@ -129,38 +123,19 @@ def scores_file(path: Path, rows: list[tuple], meta: dict) -> Path:
     from irflow.training_data import SCORES_SCHEMA
     from irflow.training_data.artifacts import ParquetSink
 
-    table = pa.table(
-        {
-            "query_id": [r[0] for r in rows],
-            "pos_id": [r[1] for r in rows],
-            "pos_score": [r[2] for r in rows],
-            "neg_ids": [[f"n{i}" for i in range(len(r[3]))] for r in rows],
-            "neg_scores": [r[3] for r in rows],
-        },
-        schema=SCORES_SCHEMA,
-    )
     with ParquetSink(path, SCORES_SCHEMA, meta) as sink:
-        sink.write(table)
+        sink.write(scores_table(rows))
     return path
 
 
 def training_inputs(root: Path) -> dict[str, Path]:
     """Corpus, queries, qrels and run (valid) for the training-data stages."""
-    from irflow.data import CORPUS_SCHEMA, QUERIES_SCHEMA
     from irflow.io import write_trec_qrels, write_trec_run
 
     root.mkdir(parents=True, exist_ok=True)
     docs = [f"d{i}" for i in range(8)]
-    pq.write_table(
-        pa.table(
-            {"doc_id": docs, "title": [""] * 8, "text": ["cat dog"] * 8}, schema=CORPUS_SCHEMA
-        ),
-        root / "corpus.parquet",
-    )
-    pq.write_table(
-        pa.table({"query_id": ["q1", "q2"], "text": ["cat", "dog"]}, schema=QUERIES_SCHEMA),
-        root / "queries.parquet",
-    )
+    write_corpus_parquet(root / "corpus.parquet", docs, ["cat dog"] * 8)
+    write_queries_parquet(root / "queries.parquet", {"q1": "cat", "q2": "dog"})
     write_trec_qrels(root / "qrels.trec", {"q1": {"d0": 1}, "q2": {"d1": 1}})
     run = {q: {d: float(10 - i) for i, d in enumerate(docs)} for q in ("q1", "q2")}
     write_trec_run(root / "run.trec", run, tag="bm25")
@@ -524,7 +499,7 @@ def test_pickled_weights_are_refused_not_unpickled(tmp_path):
 
     from irflow.models import ModelRef, load_sentence_transformer
 
-    folder = tiny_bi_encoder_copy(tmp_path)
+    folder = tw.make_bi_encoder(tmp_path / "build")
     SentenceTransformer(str(folder), device="cpu")  # loads as shipped (safetensors)
     weights = sorted(folder.rglob("*.safetensors"))
     assert weights
@@ -616,13 +591,6 @@ def tiny(tmp_path_factory):
     env = secret_env()
     tw.run(base, config, tw.NEGATIVES, tw.TRAIN_QUERIES, env=env)
     return {"root": root, "collection": collection, "model": model, "config": config, "base": base}
-
-
-def tiny_bi_encoder_copy(tmp_path: Path) -> Path:
-    folder = tmp_path / "model"
-    tw.make_bi_encoder(tmp_path / "build")
-    shutil.copytree(tmp_path / "build" / "bi-encoder", folder)
-    return folder
 
 
 def secret_env(env: dict | None = None) -> dict:
@@ -806,7 +774,7 @@ def test_job_killed_between_its_outputs_is_rerun_not_taken_as_done(tiny, tmp_pat
     tw.unlock(work, tiny["config"])
     config_path = work / "test-config.yaml"
     plain = subprocess.run(
-        tw.command(work, config_path, "--cores", "1", tw.TRAIN_QUERIES),
+        snakemake_command(work, config_path, "--cores", "1", tw.TRAIN_QUERIES),
         capture_output=True,
         text=True,
         env=offline_env(),
@@ -840,18 +808,6 @@ if os.path.basename(sys.argv[0]).endswith("bm25_retrieve.py"):
 """
 
 
-def slurm_usable() -> bool:
-    if not shutil.which("sinfo"):
-        return False
-    try:
-        states = subprocess.run(
-            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20
-        ).stdout.split()
-    except (subprocess.SubprocessError, OSError):
-        return False
-    return any(state.rstrip("*") in ("idle", "mix", "alloc") for state in states)
-
-
 def scontrol_field(record: str, name: str) -> str:
     match = re.search(rf"\b{name}=(\S+)", record)
     assert match, f"{name} not in {record!r}"
@@ -860,20 +816,16 @@ def scontrol_field(record: str, name: str) -> str:
 
 @pytest.mark.slow
 def test_slurm_retries_a_failed_job_with_more_memory_and_time(tiny, tmp_path):
-    if not slurm_usable():
-        if os.environ.get("IRFLOW_REQUIRE_SLURM") == "1":
-            pytest.fail("IRFLOW_REQUIRE_SLURM=1 but no usable Slurm node (.ci/start-slurm.sh)")
-        pytest.skip("no Slurm cluster here (start one with .ci/start-slurm.sh)")
+    require_slurm()
     work = workdir(tiny, tmp_path)
     hook = tmp_path / "hook"
     hook.mkdir()
     (hook / "sitecustomize.py").write_text(FAIL_ONCE.format(folder=str(hook)))
-    env = offline_env()
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(hook), env.get("PYTHONPATH")) if p)
+    env = offline_env(hook)
     target = "results/runs/tiny-test/first-stage/bm25.trec"
-    config_path = tw.write_config(work, tiny["config"])
+    config_path = write_config(work, tiny["config"])
     result = subprocess.run(
-        tw.command(work, config_path, "--profile", str(REPO / "profiles/slurm"), target),
+        snakemake_command(work, config_path, "--profile", str(REPO / "profiles/slurm"), target),
         capture_output=True,
         text=True,
         env=env,

@@ -6,12 +6,15 @@ test is skipped, unless IRFLOW_REQUIRE_SLURM=1 (set by .ci/run) turns the skip i
 
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-
 import pytest
-from workflow_helpers import MODELS, REPO, SHARED_DATA, absolute_config, snakemake
+from workflow_helpers import (
+    MODELS,
+    REPO,
+    SHARED_DATA,
+    absolute_config,
+    require_slurm,
+    snakemake,
+)
 
 TARGETS = [
     "results/metrics/dl19/first-stage/given/mean.tsv",
@@ -26,24 +29,9 @@ COMPARED = [
 ]
 
 
-def _slurm_available() -> bool:
-    if not shutil.which("sinfo"):
-        return False
-    try:
-        states = subprocess.run(
-            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20
-        ).stdout.split()
-    except (subprocess.SubprocessError, OSError):
-        return False
-    return any(state.rstrip("*") in ("idle", "mix", "alloc") for state in states)
-
-
 @pytest.mark.slow
 def test_slurm_run_equals_local_run(tmp_path):
-    if not _slurm_available():
-        if os.environ.get("IRFLOW_REQUIRE_SLURM") == "1":
-            pytest.fail("IRFLOW_REQUIRE_SLURM=1 but no usable Slurm node (run .ci/start-slurm.sh)")
-        pytest.skip("no Slurm cluster here")
+    require_slurm()
     if not SHARED_DATA.is_dir() or not (MODELS / "all-MiniLM-L6-v2").is_dir():
         pytest.skip("needs ../shared/data and the installed models")
     config = absolute_config()

@@ -15,8 +15,17 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from tiny_builders import (
+    EXTRA_WORDS,
+    PROMPT_WORDS,
+    tiny_bert,
+    tiny_sentence_transformer,
+    write_corpus_parquet,
+    write_queries_parquet,
+)
+from tiny_builders import WORDS as BASE_WORDS
+from tiny_builders import scores_table as tiny_scores_table
 
-from irflow.data import CORPUS_SCHEMA, QUERIES_SCHEMA
 from irflow.io import InputError, write_trec_qrels, write_trec_run
 from irflow.models import ModelRef
 from irflow.training_data import (
@@ -41,13 +50,7 @@ from irflow.training_data.negatives import MiningParams, relative_threshold
 from irflow.training_data.teacher import causal_lm_teacher, plan_batches
 
 REPO = Path(__file__).resolve().parents[1]
-WORD_TEXT = """
-the a of is what how why who to in on for and cat dog bird fish tree river city law court
-protein cell gene drug virus heart brain blood study trial effect risk water fire sun moon
-star rain snow wind stone iron gold paper music art game ball team yes no query document
-relevant answer
-"""
-WORDS = WORD_TEXT.split()
+WORDS = [*BASE_WORDS, *EXTRA_WORDS, *PROMPT_WORDS]
 
 
 def listing(folder: Path) -> list[str]:
@@ -60,39 +63,14 @@ def listing(folder: Path) -> list[str]:
 @pytest.fixture(scope="session")
 def tiny_models(tmp_path_factory) -> dict[str, Path]:
     import torch
-    from sentence_transformers import CrossEncoder, SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
-    from sentence_transformers.sentence_transformer.modules import Transformer as STTransformer
+    from sentence_transformers import CrossEncoder
     from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import (
-        BertConfig,
-        BertModel,
-        BertTokenizerFast,
-        LlamaConfig,
-        LlamaForCausalLM,
-        PreTrainedTokenizerFast,
-    )
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
     root = tmp_path_factory.mktemp("tiny-models")
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    bert = root / "bert"
-    bert.mkdir()
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(bert)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(bert)
-
-    bi = root / "bi-encoder"
-    transformer = STTransformer(str(bert), max_seq_length=48)
-    SentenceTransformer(modules=[transformer, Pooling(32, "mean")], device="cpu").save(str(bi))
+    # Dropout 0.1 (BertConfig's default) as these models were first built; off in eval mode.
+    bert = tiny_bert(root / "bert", WORDS, dropout=0.1, vocab_file=root / "vocab.txt")
+    bi = tiny_sentence_transformer(root / "bi-encoder", bert, max_seq_length=48, normalize=False)
 
     torch.manual_seed(1)
     cross = root / "cross-encoder"
@@ -152,21 +130,11 @@ def make_training_set(root: Path, n_queries: int = 12, n_docs: int = 80, seed: i
     root.mkdir(parents=True, exist_ok=True)
     docs = [f"d{i}" for i in range(n_docs)]
     texts = [" ".join(rng.choice(WORDS[:-6], size=rng.integers(3, 30))) for _ in docs]
-    corpus = pa.table(
-        {
-            "doc_id": docs,
-            "title": ["" if i % 3 else "title words" for i in range(n_docs)],
-            "text": texts,
-        },
-        schema=CORPUS_SCHEMA,
-    )
-    pq.write_table(corpus, root / "corpus.parquet")
+    titles = ["" if i % 3 else "title words" for i in range(n_docs)]
+    write_corpus_parquet(root / "corpus.parquet", docs, texts, titles)
     qids = [f"q{i}" for i in range(n_queries)]
     queries = {q: " ".join(rng.choice(WORDS[:-6], size=rng.integers(2, 6))) for q in qids}
-    pq.write_table(
-        pa.table({"query_id": qids, "text": [queries[q] for q in qids]}, schema=QUERIES_SCHEMA),
-        root / "queries.parquet",
-    )
+    write_queries_parquet(root / "queries.parquet", queries)
     qrels, run = {}, {}
     for q in qids:
         judged = rng.choice(n_docs, size=8, replace=False)
@@ -414,8 +382,9 @@ def test_mining_can_drop_positives_without_text(training_set, tmp_path):
 
 def test_mining_refuses_leakage_before_writing(training_set, tmp_path):
     root = training_set["root"]
-    test = {"query_id": ["t1"], "text": [training_set["queries"]["q4"].upper()]}
-    pq.write_table(pa.table(test, schema=QUERIES_SCHEMA), root / "test-queries.parquet")
+    write_queries_parquet(
+        root / "test-queries.parquet", {"t1": training_set["queries"]["q4"].upper()}
+    )
     with pytest.raises(InputError, match=r"test set 'dl19'.*train 'q4' = test 't1'"):
         write_negatives(
             root / "queries.parquet",
@@ -432,16 +401,7 @@ def test_mining_refuses_leakage_before_writing(training_set, tmp_path):
 # Consistency filtering
 # ---------------------------------------------------------------------------------------------
 def scores_table(rows: list[tuple[str, float, list[float]]]) -> pa.Table:
-    return pa.table(
-        {
-            "query_id": [r[0] for r in rows],
-            "pos_id": ["p"] * len(rows),
-            "pos_score": [r[1] for r in rows],
-            "neg_ids": [[f"n{i}" for i in range(len(r[2]))] for r in rows],
-            "neg_scores": [r[2] for r in rows],
-        },
-        schema=SCORES_SCHEMA,
-    )
+    return tiny_scores_table((query, "p", pos, negs) for query, pos, negs in rows)
 
 
 CONSISTENCY_ROWS = [
@@ -780,11 +740,7 @@ def select_files(data: dict, out: Path, **kwargs) -> dict:
 
 
 def rewrite_queries(data: dict, queries: dict[str, str]) -> None:
-    ids = sorted(queries)
-    pq.write_table(
-        pa.table({"query_id": ids, "text": [queries[q] for q in ids]}, schema=QUERIES_SCHEMA),
-        data["root"] / "queries.parquet",
-    )
+    write_queries_parquet(data["root"] / "queries.parquet", dict(sorted(queries.items())))
 
 
 def test_selection_refuses_a_judged_query_without_text_and_writes_nothing(training_set, tmp_path):

@@ -10,24 +10,18 @@ there) without any test-only code in the workflow itself: a ``sitecustomize`` mo
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
-import sys
 import textwrap
 import time
 from pathlib import Path
 
 import numpy as np
-from workflow_helpers import REPO, offline_env, write_config
+from tiny_builders import EXTRA_WORDS, WORDS, tiny_bert, tiny_sentence_transformer, write_beir
+from workflow_helpers import REPO, offline_env, snakemake, snakemake_command, write_config
 
-WORD_TEXT = """
-the a of is what how why who to in on for and cat dog bird fish tree river city law court
-protein cell gene drug virus heart brain blood study trial effect risk water fire sun moon
-star rain snow wind stone iron gold paper music art game ball team
-"""
-VOCABULARY = WORD_TEXT.split()
+VOCABULARY = [*WORDS, *EXTRA_WORDS]
 
 
 def make_collection(
@@ -51,47 +45,18 @@ def make_collection(
             first, second = f"d{(offset + 2 * i) % n_docs}", f"d{(offset + 2 * i + 1) % n_docs}"
             queries[qid] = " ".join(docs[first].split()[:3] + [words[i % len(words)]])
             qrels[split] += [(qid, first, 1), (qid, second, 1)]
-    with open(root / "corpus.jsonl", "w", encoding="utf-8") as handle:
-        for doc_id, text in docs.items():
-            handle.write(json.dumps({"_id": doc_id, "title": "", "text": text}) + "\n")
-    with open(root / "queries.jsonl", "w", encoding="utf-8") as handle:
-        for qid, text in queries.items():
-            handle.write(json.dumps({"_id": qid, "text": text}) + "\n")
-    (root / "qrels").mkdir(exist_ok=True)
-    for split, rows in qrels.items():
-        lines = ["query-id\tcorpus-id\tscore", *(f"{q}\t{d}\t{s}" for q, d, s in rows)]
-        (root / "qrels" / f"{split}.tsv").write_text("\n".join(lines) + "\n")
+    write_beir(root, docs, queries, qrels)
     return root
 
 
 def make_bi_encoder(root: Path) -> Path:
     """A sentence-transformers folder: a 2-layer BERT (hidden size 32), mean pooling."""
-    import torch
-    from sentence_transformers import SentenceTransformer
-    from sentence_transformers.sentence_transformer.modules import Pooling
-    from sentence_transformers.sentence_transformer.modules import Transformer as STTransformer
-    from transformers import BertConfig, BertModel, BertTokenizerFast
-
-    bert, target = root / "bert", root / "bi-encoder"
+    target = root / "bi-encoder"
     if target.is_dir():
         return target
-    bert.mkdir(parents=True, exist_ok=True)
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *VOCABULARY]
-    (root / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    BertTokenizerFast(vocab_file=str(root / "vocab.txt")).save_pretrained(bert)
-    torch.manual_seed(0)
-    config = BertConfig(
-        vocab_size=len(vocab),
-        hidden_size=32,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        intermediate_size=64,
-        max_position_embeddings=64,
-    )
-    BertModel(config).save_pretrained(bert)
-    transformer = STTransformer(str(bert), max_seq_length=48)
-    SentenceTransformer(modules=[transformer, Pooling(32, "mean")], device="cpu").save(str(target))
-    return target
+    # Dropout 0.1 (BertConfig's default) as these models were first built; off in eval mode.
+    bert = tiny_bert(root / "bert", VOCABULARY, dropout=0.1, vocab_file=root / "vocab.txt")
+    return tiny_sentence_transformer(target, bert, max_seq_length=48, normalize=False)
 
 
 def tiny_config(collection: Path, model: Path, **overrides) -> dict:
@@ -144,39 +109,10 @@ EMBEDDINGS = "results/embeddings/tiny/tiny"
 BM25_INDEX = "results/indexes/tiny/bm25"
 
 
-def command(workdir: Path, config_path: Path, *args: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "snakemake",
-        "--snakefile",
-        str(REPO / "Snakefile"),
-        "--directory",
-        str(workdir),
-        "--configfile",
-        str(config_path),
-        *args,
-    ]
-
-
 def run(workdir: Path, config: dict, *args: str, env: dict | None = None, check: bool = True):
     """Snakemake on the tiny config with the local profile (as users run it), 1 core."""
-    config_path = write_config(workdir, config)
-    result = subprocess.run(
-        command(
-            workdir, config_path, "--profile", str(REPO / "profiles/local"), "--cores", "1", *args
-        ),
-        capture_output=True,
-        text=True,
-        env=env or offline_env(),
-        cwd=workdir,
-    )
-    if check and result.returncode != 0:
-        raise AssertionError(
-            f"snakemake failed ({result.returncode}):\n{result.stdout[-4000:]}\n"
-            f"{result.stderr[-4000:]}"
-        )
-    return result
+    profile = str(REPO / "profiles/local")
+    return snakemake(workdir, config, "--profile", profile, *args, cores=1, env=env, check=check)
 
 
 def unlock(workdir: Path, config: dict) -> None:
@@ -222,11 +158,7 @@ def slow_hook(folder: Path, script: str, module: str, qualname: str, after: int 
             )
         )
     )
-    env = offline_env()
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(folder), str(REPO / "src"), env.get("PYTHONPATH")) if p
-    )
-    return env
+    return offline_env(folder, REPO / "src")
 
 
 def run_and_kill(
@@ -235,7 +167,8 @@ def run_and_kill(
     """Start Snakemake (own process group), wait until the hooked script has stalled, then
     SIGKILL the whole group: Snakemake and its job die at once, as on a node failure."""
     config_path = write_config(workdir, config)
-    args = command(workdir, config_path, "--profile", str(REPO / "profiles/local"), "--cores", "1")
+    profile = str(REPO / "profiles/local")
+    args = snakemake_command(workdir, config_path, "--profile", profile, "--cores", "1")
     log = open(workdir / "killed-run.log", "w")  # noqa: SIM115 (closed below)
     process = subprocess.Popen(
         [*args, *targets], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=workdir,

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,19 +35,23 @@ def write_config(workdir: Path, config: dict) -> Path:
     return path
 
 
-def offline_env() -> dict[str, str]:
+def offline_env(*pythonpath: str | Path) -> dict[str, str]:
+    """This process's environment, offline, with ``pythonpath`` folders put first on
+    ``PYTHONPATH`` (a ``sitecustomize`` hook there patches the jobs' scripts)."""
     env = dict(os.environ)
     env.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
     # Rule scripts run with the Python on PATH: make it this interpreter's environment.
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    if pythonpath:
+        env["PYTHONPATH"] = os.pathsep.join(
+            str(p) for p in (*pythonpath, env.get("PYTHONPATH")) if p
+        )
     return env
 
 
-def snakemake(
-    workdir: Path, config: dict | Path, *args: str, check: bool = True, cores: int | None = 2
-):
-    config_path = config if isinstance(config, Path) else write_config(workdir, config)
-    command = [
+def snakemake_command(workdir: Path, config_path: Path, *args: str) -> list[str]:
+    """The Snakemake command line for the repository's workflow run in ``workdir``."""
+    return [
         sys.executable,
         "-m",
         "snakemake",
@@ -56,10 +61,27 @@ def snakemake(
         str(workdir),
         "--configfile",
         str(config_path),
-        *(["--cores", str(cores)] if cores else []),
         *args,
     ]
-    result = subprocess.run(command, capture_output=True, text=True, env=offline_env(), cwd=workdir)
+
+
+def snakemake(
+    workdir: Path,
+    config: dict | Path,
+    *args: str,
+    check: bool = True,
+    cores: int | None = 2,
+    env: dict[str, str] | None = None,
+):
+    """Run Snakemake (offline unless ``env`` is given) and return the completed process; with
+    ``check`` a failure raises with the tail of its output."""
+    config_path = config if isinstance(config, Path) else write_config(workdir, config)
+    command = snakemake_command(
+        workdir, config_path, *(["--cores", str(cores)] if cores else []), *args
+    )
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env or offline_env(), cwd=workdir
+    )
     if check and result.returncode != 0:
         raise AssertionError(
             f"snakemake failed ({result.returncode}):\n"
@@ -92,3 +114,26 @@ def planned_jobs(dry_run_output: str) -> dict[str, int]:
         if parts[0] != "total":
             counts[parts[0]] = int(parts[1])
     return counts
+
+
+def slurm_usable() -> bool:
+    """Whether ``sinfo`` lists a node that can take jobs."""
+    if not shutil.which("sinfo"):
+        return False
+    try:
+        states = subprocess.run(
+            ["sinfo", "-h", "-o", "%t"], capture_output=True, text=True, timeout=20
+        ).stdout.split()
+    except (subprocess.SubprocessError, OSError):
+        return False
+    return any(state.rstrip("*") in ("idle", "mix", "alloc") for state in states)
+
+
+def require_slurm() -> None:
+    """Skip the calling test where no Slurm node is usable; fail it instead where
+    IRFLOW_REQUIRE_SLURM=1 (set by .ci/run, which starts a cluster first)."""
+    if slurm_usable():
+        return
+    if os.environ.get("IRFLOW_REQUIRE_SLURM") == "1":
+        pytest.fail("IRFLOW_REQUIRE_SLURM=1 but no usable Slurm node (run .ci/start-slurm.sh)")
+    pytest.skip("no Slurm cluster here (start one with .ci/start-slurm.sh)")
