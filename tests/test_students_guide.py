@@ -66,28 +66,24 @@ def test_bad_selections_are_refused_naming_the_depth(kwargs, message):
 # ---------------------------------------------------------------------------------------------
 # Students of each family
 # ---------------------------------------------------------------------------------------------
+# Sizes every family shares; the encoders also have their dropout off.
+TINY = dict(vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64, max_position_embeddings=64)
+ENCODER = dict(TINY, num_attention_heads=2)
+NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+DECODER = dict(TINY, num_attention_heads=4, num_key_value_heads=2)
+
+
 def _bert_cls(num_layers):
     from transformers import BertConfig, BertForSequenceClassification
 
-    return BertForSequenceClassification(
-        BertConfig(
-            vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=num_layers,
-            num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0, num_labels=1,
-        )
-    )  # fmt: skip
+    config = BertConfig(**ENCODER, **NO_DROPOUT, num_hidden_layers=num_layers, num_labels=1)
+    return BertForSequenceClassification(config)
 
 
 def _mpnet(num_layers):
     from transformers import MPNetConfig, MPNetModel
 
-    return MPNetModel(
-        MPNetConfig(
-            vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=num_layers,
-            num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-            hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0,
-        )
-    )  # fmt: skip
+    return MPNetModel(MPNetConfig(**ENCODER, **NO_DROPOUT, num_hidden_layers=num_layers))
 
 
 def _modernbert(num_layers):
@@ -96,10 +92,9 @@ def _modernbert(num_layers):
     # A 4-token local window on 12-token inputs: sliding and global layers differ.
     return ModernBertForSequenceClassification(
         ModernBertConfig(
-            vocab_size=len(VOCAB), hidden_size=32, num_hidden_layers=num_layers,
-            num_attention_heads=2, intermediate_size=64, max_position_embeddings=64,
-            global_attn_every_n_layers=3, local_attention=4, pad_token_id=0,
-            bos_token_id=2, eos_token_id=3, cls_token_id=2, sep_token_id=3, num_labels=1,
+            **ENCODER, num_hidden_layers=num_layers, global_attn_every_n_layers=3,
+            local_attention=4, pad_token_id=0, bos_token_id=2, eos_token_id=3, cls_token_id=2,
+            sep_token_id=3, num_labels=1,
         )
     )  # fmt: skip
 
@@ -107,25 +102,17 @@ def _modernbert(num_layers):
 def _llama(num_layers):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    return LlamaForCausalLM(
-        LlamaConfig(
-            vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64,
-            num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=64, pad_token_id=0,
-        )
-    )  # fmt: skip
+    config = LlamaConfig(**DECODER, num_hidden_layers=num_layers, pad_token_id=0)
+    return LlamaForCausalLM(config)
 
 
 def _qwen3(num_layers):
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    return Qwen3ForCausalLM(
-        Qwen3Config(
-            vocab_size=len(VOCAB), hidden_size=32, intermediate_size=64,
-            num_hidden_layers=num_layers, num_attention_heads=4, num_key_value_heads=2,
-            head_dim=8, max_position_embeddings=64, tie_word_embeddings=True,
-        )
-    )  # fmt: skip
+    config = Qwen3Config(
+        **DECODER, num_hidden_layers=num_layers, head_dim=8, tie_word_embeddings=True
+    )
+    return Qwen3ForCausalLM(config)
 
 
 FAMILIES = {
