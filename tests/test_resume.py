@@ -106,6 +106,8 @@ def test_killed_training_resumes_to_the_same_weights(uninterrupted, tmp_path):
     kept = sorted(p.name for p in _complete_checkpoints(workdir))
     assert kept, "the completed checkpoint survives the kill"
 
+    # A killed Snakemake leaves its lock: unlock as a user would, then rerun.
+    snakemake(workdir, _config(), "--unlock")
     snakemake(workdir, _config(), "--rerun-incomplete", STATS)
     stats = json.loads((workdir / STATS).read_text())
     assert stats["resumed_from_step"] is not None and stats["resumed_from_step"] >= 1, stats
