@@ -37,10 +37,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
-import json
 import os
-import platform
 import pstats
 import re
 import shutil
@@ -54,9 +51,8 @@ from typing import Any
 
 import jsonschema
 import yaml
+from common import RESULTS, ROOT, load_average, machine, now, timed, write_results
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
 SCHEMA = ROOT / "schemas" / "config.schema.yaml"
 SNAKEFILE = ROOT / "Snakefile"
 TARGET_SECONDS = 5.0
@@ -172,13 +168,11 @@ def dry_run(configfile: Path, scratch: Path) -> dict[str, Any]:
 
 def startup_seconds(repeats: int) -> float:
     """Median wall time of `snakemake --version`: the fixed cost of starting Snakemake."""
-    walls = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        subprocess.run(
-            [sys.executable, "-m", "snakemake", "--version"], capture_output=True, check=True
-        )
-        walls.append(time.perf_counter() - start)
+    command = [sys.executable, "-m", "snakemake", "--version"]
+    walls = [
+        timed(lambda: subprocess.run(command, capture_output=True, check=True))[1]["wall_s"]
+        for _ in range(repeats)
+    ]
     return round(statistics.median(walls), 3)
 
 
@@ -295,30 +289,13 @@ def profile_dry_run(configfile: Path, scratch: Path, top: int = 15) -> dict[str,
 # ---------------------------------------------------------------------------------------------
 # Machine description
 # ---------------------------------------------------------------------------------------------
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.exists():
-        for line in cpuinfo.read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    mem_gb = None
-    meminfo = Path("/proc/meminfo")
-    if meminfo.exists():
-        match = re.search(r"MemTotal:\s+(\d+) kB", meminfo.read_text())
-        if match:
-            mem_gb = round(int(match.group(1)) / 1024**2, 1)
+def dag_machine() -> dict[str, Any]:
+    """The machine (:func:`common.machine`), the Snakemake version and how peak RSS is read."""
     version = subprocess.run(
         [sys.executable, "-m", "snakemake", "--version"], capture_output=True, text=True, check=True
     ).stdout.strip()
     return {
-        "cpu_model": cpu,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "memory_gb": mem_gb,
-        "os": platform.platform(),
-        "python": platform.python_version(),
+        **machine(),
         "snakemake": version,
         "peak_rss_method": "/usr/bin/time -v"
         if os.access(GNU_TIME, os.X_OK)
@@ -488,14 +465,14 @@ def main(argv: list[str] | None = None) -> int:
     base = yaml.safe_load(base_path.read_text())
     validate(base)
     report: dict[str, Any] = {
-        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "generated": now(),
         "base_config": str(base_path.relative_to(ROOT))
         if base_path.is_relative_to(ROOT)
         else str(base_path),
         "repeats": args.repeats,
         "target_s": TARGET_SECONDS,
-        "machine": machine(),
-        "load_before": [round(x, 2) for x in os.getloadavg()],
+        "machine": dag_machine(),
+        "load_before": load_average(),
         "startup_s_median": startup_seconds(args.repeats),
         "scales": [],
         "notes": list(args.note),
@@ -534,7 +511,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_profile:
             print(f"profiling one dry run at scale {max(args.scales)} ...", flush=True)
             report["profile"] = {"scale": max(args.scales), **profile_dry_run(configfile, scratch)}
-    report["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    report["load_after"] = load_average()
     if len(report["scales"]) > 1:
         jobs = [sc["jobs"] for sc in report["scales"]]
         for key, figure in (("fit", "wall_s_median"), ("fit_cpu", "cpu_s_median")):
@@ -546,9 +523,7 @@ def main(argv: list[str] | None = None) -> int:
                 "jobs_at_target": int((TARGET_SECONDS - intercept) / slope) if slope > 0 else None,
             }
     report["command"] = ["snakemake", *snakemake_command(Path("<config>"), Path("<empty dir>"))[3:]]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "dag.json").write_text(json.dumps(report, indent=2) + "\n")
-    (args.out / "dag.md").write_text(markdown(report))
+    write_results(args.out, "dag", report, markdown(report))
     for s in report["scales"]:
         print(
             f"scale {s['scale']}: {s['jobs']} jobs, median {s['summary']['wall_s_median']:.2f} s, "

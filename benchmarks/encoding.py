@@ -37,41 +37,39 @@ Where results go
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import os
 import random
 import resource
-import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from common import (
+    MODEL,
+    RESULTS,
+    alternating_runs,
+    doc_text,
+    library_vs_irflow,
+    load_average,
+    machine,
+    machine_markdown,
+    matmul_flops,
+    new_report,
+    non_embedding_params,
+    prepare,
+    read_corpus,
+    read_run,
+    timed,
+    title_markdown,
+    write_results,
+)
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT.parent / "shared" / "data" / "dl19-bm25-top100"
-MODEL = ROOT / "resources" / "models" / "all-MiniLM-L6-v2"
 LIBRARY_BATCH_SIZE = 32  # SentenceTransformer.encode's default
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-# The machine description, matmul peak and timing helper are the teacher benchmark's own.
-from teacher_scoring import machine, matmul_flops, non_embedding_params, timed  # noqa: E402
 
 
 def load_passages(n: int, seed: int) -> list[str]:
     """``n`` distinct DL19 candidate passages, shuffled, as ``irflow.data.doc_texts`` joins them."""
-    docs: dict[str, str] = {}
-    with open(DATA / "corpus.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            r = json.loads(line)
-            docs[r["_id"]] = f"{r['title']} {r['text']}".strip() if r.get("title") else r["text"]
-    ids: dict[str, None] = {}
-    with open(DATA / "runs" / "bm25.trec", encoding="utf-8") as handle:
-        for line in handle:
-            ids[line.split()[2]] = None
-    order = sorted(ids)
+    docs = {doc_id: doc_text(title, text) for doc_id, title, text in read_corpus()}
+    order = sorted({docid for _, docid, _ in read_run()})
     random.Random(seed).shuffle(order)
     return [docs[d] for d in order[:n]]
 
@@ -106,16 +104,11 @@ def compare(
     library_warm = model.encode(texts[:64], show_progress_bar=False)
     del library_warm
     encode_texts(model, texts[:64])
-    runs: dict[str, list[dict[str, float]]] = {"library": [], "irflow": []}
-    outputs: dict[str, np.ndarray] = {}
-    for repeat in range(repeats):
-        order = (("library", library), ("irflow", ours))
-        for name, fn in order if repeat % 2 == 0 else order[::-1]:
-            out, timing = timed(fn)
-            outputs[name] = np.asarray(out, dtype=np.float32)
-            timing["docs_per_s"] = len(texts) / timing["wall_s"]
-            runs[name].append(timing)
-            print(f"  {name} repeat {repeat}: {timing}", flush=True)
+    arms = {"library": library, "irflow": ours}
+    runs, outputs = alternating_runs(arms, repeats, len(texts), "docs_per_s")
+    library_out, irflow_out = (
+        np.asarray(outputs[name], dtype=np.float32) for name in ("library", "irflow")
+    )
     counters = Counters()
     encode_texts(model, texts, counters=counters)
     result: dict[str, Any] = {
@@ -123,25 +116,14 @@ def compare(
         "max_seq_length": max_length,
         "non_embedding_params": params,
         "model_tokens": tokens,
-        "max_abs_embedding_difference": float(np.abs(outputs["library"] - outputs["irflow"]).max()),
+        "max_abs_embedding_difference": float(np.abs(library_out - irflow_out).max()),
         "irflow_counters": counters.as_dict(),
         "irflow_batch_tokens": default_batch_tokens("cpu"),
         "library_batch_size": LIBRARY_BATCH_SIZE,
         "runs": runs,
     }
-    for name in ("library", "irflow"):
-        wall = statistics.median(r["wall_s"] for r in runs[name])
-        cpu = statistics.median(r["cpu_s"] for r in runs[name])
-        result[name] = {
-            "median_wall_s": wall,
-            "median_cpu_s": cpu,
-            "median_docs_per_s": len(texts) / wall,
-            "model_flop_per_s": 2 * params * tokens / wall,
-        }
-    result["speedup"] = result["library"]["median_wall_s"] / result["irflow"]["median_wall_s"]
-    result["speedup_cpu_time"] = (
-        result["library"]["median_cpu_s"] / result["irflow"]["median_cpu_s"]
-    )
+    flop = 2 * params * tokens
+    result.update(library_vs_irflow(runs, len(texts), "docs_per_s", dict.fromkeys(arms, flop)))
     result["sweep"] = []
     for budget in budgets:
         counters = Counters()
@@ -159,29 +141,14 @@ def compare(
     return result
 
 
-def write_markdown(report: dict[str, Any], path: Path) -> None:
-    m = report["machine"]
+def markdown(report: dict[str, Any]) -> str:
     peak = report["matmul"]["median_flop_per_s"]
     res = report["compare"]
     c = res["irflow_counters"]
+    title = "Encoding benchmark: irflow batching vs `SentenceTransformer.encode` (CPU)"
     lines = [
-        "# Encoding benchmark: irflow batching vs `SentenceTransformer.encode` (CPU)",
-        "",
-        f"Generated {report['generated']} by `benchmarks/encoding.py` "
-        f"(`{' '.join(report['argv'])}`).",
-        "",
-        "## Machine",
-        "",
-        f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable), "
-        f"AVX-512: {'yes' if m['avx512'] else 'no'}; memory {m['memory_gb']} GB",
-        f"- torch {m['torch']} ({m['torch_threads']} threads), transformers "
-        f"{m['transformers']}, sentence-transformers {m['sentence_transformers']}, "
-        f"Python {m['python']}",
-        f"- fp32 `torch.matmul` 2048x2048 on {m['torch_threads']} threads: "
-        f"{peak / 1e9:.1f} GFLOP/s (median of 10; best "
-        f"{report['matmul']['best_flop_per_s'] / 1e9:.1f})",
-        f"- Load average (1, 5, 15 min) before / after: {report['load_before']} / "
-        f"{report['load_after']} (other work sharing the CPUs inflates wall times)",
+        *title_markdown(title, "encoding.py", report),
+        *machine_markdown(report),
         "",
         "## Throughput",
         "",
@@ -227,7 +194,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
             f"{s['batches']} | {s['padded_tokens']} | {s['load_1min_before']:.2f} |"
             for s in res["sweep"]
         ]
-    path.write_text("\n".join(lines) + "\n")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
@@ -242,32 +209,25 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.path.insert(0, str(ROOT / "src"))
-    if not MODEL.is_dir():
-        sys.exit(f"{MODEL} is missing: run scripts/setup.sh")
+    prepare()
     texts = load_passages(args.docs, args.seed)
-    report: dict[str, Any] = {
-        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "argv": [Path(sys.argv[0]).as_posix(), *sys.argv[1:]],
-        "seed": args.seed,
-        "repeats": args.repeats,
-        "load_before": [round(x, 2) for x in os.getloadavg()],
-        "machine": machine(args.threads),
-    }
+    report = new_report(
+        seed=args.seed,
+        repeats=args.repeats,
+        load_before=load_average(),
+        machine=machine(args.threads),
+    )
     print("matmul", flush=True)
     report["matmul"] = matmul_flops(args.threads)
     print("compare", flush=True)
     report["compare"] = compare(
         texts, args.repeats, args.threads, args.max_length, args.budgets if args.sweep else []
     )
-    report["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    report["load_after"] = load_average()
     report["peak_rss_mb_benchmark_process"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "encoding.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(report, args.out / "encoding.md")
+    write_results(args.out, "encoding", report, markdown(report))
     res = report["compare"]
     print(
         f"library {res['library']['median_docs_per_s']:.1f} docs/s, irflow "

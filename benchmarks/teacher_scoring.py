@@ -42,46 +42,45 @@ Where results go
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import os
-import platform
 import random
 import resource
-import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT.parent / "shared" / "data" / "dl19-bm25-top100"
-MODEL = ROOT / "resources" / "models" / "all-MiniLM-L6-v2"
+from common import (
+    MODEL,
+    RESULTS,
+    alternating_runs,
+    doc_text,
+    library_vs_irflow,
+    load_average,
+    machine,
+    machine_markdown,
+    matmul_flops,
+    new_report,
+    non_embedding_params,
+    prepare,
+    read_corpus,
+    read_queries,
+    read_run,
+    run_child,
+    timed,
+    title_markdown,
+    write_corpus_and_queries,
+    write_results,
+)
 
 
 # ---------------------------------------------------------------------------------------------
 # Data
 # ---------------------------------------------------------------------------------------------
 def load_pairs(n: int, seed: int) -> tuple[list[str], list[str], list[tuple[str, str]]]:
-    docs, queries = {}, {}
-    with open(DATA / "corpus.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            r = json.loads(line)
-            docs[r["_id"]] = f"{r['title']} {r['text']}".strip() if r.get("title") else r["text"]
-    with open(DATA / "queries.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            r = json.loads(line)
-            queries[r["_id"]] = r["text"]
-    ids = []
-    with open(DATA / "runs" / "bm25.trec", encoding="utf-8") as handle:
-        for line in handle:
-            qid, _, docid, *_ = line.split()
-            ids.append((qid, docid))
+    docs = {doc_id: doc_text(title, text) for doc_id, title, text in read_corpus()}
+    queries = read_queries()
+    ids = [(qid, docid) for qid, docid, _ in read_run()]
     random.Random(seed).shuffle(ids)
     ids = ids[:n]
     return [queries[q] for q, _ in ids], [docs[d] for _, d in ids], ids
@@ -97,45 +96,9 @@ def real_tokens(tokenizer, texts, max_length, pairs_with=None) -> int:
     return sum(len(x) for x in enc)
 
 
-def non_embedding_params(model) -> int:
-    total = 0
-    for name, param in model.named_parameters():
-        if "embeddings" not in name:
-            total += param.numel()
-    return total
-
-
 # ---------------------------------------------------------------------------------------------
 # Measurements
 # ---------------------------------------------------------------------------------------------
-def timed(fn) -> tuple[Any, dict[str, float]]:
-    load_before = os.getloadavg()[0]
-    cpu0, wall0 = time.process_time(), time.perf_counter()
-    out = fn()
-    wall, cpu = time.perf_counter() - wall0, time.process_time() - cpu0
-    return out, {"wall_s": wall, "cpu_s": cpu, "load_1min_before": load_before}
-
-
-def matmul_flops(threads: int, size: int = 2048, repeats: int = 10) -> dict[str, float]:
-    import torch
-
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    for _ in range(3):
-        a @ b
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        times.append(time.perf_counter() - start)
-    flop = 2 * size**3
-    return {
-        "size": size,
-        "median_flop_per_s": flop / statistics.median(times),
-        "best_flop_per_s": flop / min(times),
-    }
-
-
 def compare(kind: str, queries, docs, repeats: int, threads: int) -> dict[str, Any]:
     import torch
 
@@ -191,42 +154,28 @@ def compare(kind: str, queries, docs, repeats: int, threads: int) -> dict[str, A
     # Warm-up (allocator, oneDNN kernels) on a slice, not timed.
     model_warm = queries[:64], docs[:64]
     teacher.score(*model_warm)
-    runs: dict[str, list[dict[str, float]]] = {"library": [], "irflow": []}
-    outputs: dict[str, np.ndarray] = {}
-    for repeat in range(repeats):
-        order = (("library", library), ("irflow", ours))
-        for name, fn in order if repeat % 2 == 0 else order[::-1]:
-            out, timing = timed(fn)
-            outputs[name] = np.asarray(out, dtype=np.float32)
-            timing["pairs_per_s"] = len(queries) / timing["wall_s"]
-            runs[name].append(timing)
-            print(f"  {kind} {name} repeat {repeat}: {timing}", flush=True)
+    arms = {"library": library, "irflow": ours}
+    runs, outputs = alternating_runs(arms, repeats, len(queries), "pairs_per_s", f"{kind} ")
+    library_out, irflow_out = (
+        np.asarray(outputs[name], dtype=np.float32) for name in ("library", "irflow")
+    )
     teacher.counters.__init__()
     teacher.score(queries, docs)
     counters = teacher.counters.as_dict()
     result: dict[str, Any] = {
         "pairs": len(queries),
         "non_embedding_params": params,
-        "max_abs_score_difference": float(np.abs(outputs["library"] - outputs["irflow"]).max()),
+        "max_abs_score_difference": float(np.abs(library_out - irflow_out).max()),
         "irflow_counters": counters,
         "irflow_batch_tokens": teacher.batch_tokens,
         "irflow_max_batch": spec.max_batch,
         "runs": runs,
     }
-    for name, tokens in (("library", lib_tokens), ("irflow", ours_tokens)):
-        wall = statistics.median(r["wall_s"] for r in runs[name])
-        cpu = statistics.median(r["cpu_s"] for r in runs[name])
-        result[name] = {
-            "median_wall_s": wall,
-            "median_cpu_s": cpu,
-            "median_pairs_per_s": len(queries) / wall,
-            "model_tokens": tokens,
-            "model_flop_per_s": 2 * params * tokens / wall,
-        }
-    result["speedup"] = result["library"]["median_wall_s"] / result["irflow"]["median_wall_s"]
-    result["speedup_cpu_time"] = (
-        result["library"]["median_cpu_s"] / result["irflow"]["median_cpu_s"]
-    )
+    tokens = {"library": lib_tokens, "irflow": ours_tokens}
+    flop = {name: 2 * params * count for name, count in tokens.items()}
+    result.update(library_vs_irflow(runs, len(queries), "pairs_per_s", flop))
+    for name, count in tokens.items():
+        result[name]["model_tokens"] = count
     return result
 
 
@@ -263,6 +212,7 @@ def sweep(queries, docs, threads: int, budgets: list[int]) -> list[dict[str, Any
 CHILD = r"""
 import json, sys, threading, time
 import psutil, torch
+from common import vm_hwm_mb
 torch.set_num_threads(int(sys.argv[5]))
 from irflow.models import ModelRef
 import irflow.training_data.teacher as scoring
@@ -298,11 +248,8 @@ wall = time.perf_counter() - start
 done.set()
 sampler.join()
 peak[0] = max(peak[0], process.memory_info().rss)
-# VmHWM: this process's own peak (ru_maxrss would include the parent's RSS at fork time).
-with open("/proc/self/status") as status:
-    hwm_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
 print(json.dumps({
-    "peak_rss_mb": hwm_kb / 1024,
+    "peak_rss_mb": vm_hwm_mb(),
     "rss_after_model_load_mb": loaded / 2**20,
     "peak_rss_while_scoring_mb": peak[0] / 2**20,
     "scoring_growth_mb": (peak[0] - loaded) / 2**20,
@@ -318,37 +265,13 @@ def memory_runs(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from irflow.data import CORPUS_SCHEMA, QUERIES_SCHEMA
-
     out = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        docs, queries = [], {}
-        with open(DATA / "corpus.jsonl", encoding="utf-8") as handle:
-            for line in handle:
-                r = json.loads(line)
-                docs.append((r["_id"], r.get("title") or "", r["text"]))
-        with open(DATA / "queries.jsonl", encoding="utf-8") as handle:
-            for line in handle:
-                r = json.loads(line)
-                queries[r["_id"]] = r["text"]
-        pq.write_table(
-            pa.table(
-                {k: [d[i] for d in docs] for i, k in enumerate(["doc_id", "title", "text"])},
-                schema=CORPUS_SCHEMA,
-            ),
-            tmp / "corpus.parquet",
-        )
-        ids = sorted(queries)
-        pq.write_table(
-            pa.table({"query_id": ids, "text": [queries[q] for q in ids]}, schema=QUERIES_SCHEMA),
-            tmp / "queries.parquet",
-        )
+        write_corpus_and_queries(tmp, read_corpus(), read_queries())
         by_query: dict[str, list[str]] = {}
-        with open(DATA / "runs" / "bm25.trec", encoding="utf-8") as handle:
-            for line in handle:
-                qid, _, docid, *_ = line.split()
-                by_query.setdefault(qid, []).append(docid)
+        for qid, docid, _ in read_run():
+            by_query.setdefault(qid, []).append(docid)
         # Samples of 16 pairs: a "positive" and 15 "negatives" from one query's run.
         samples = [
             (qid, run[i], run[i + 1 : i + 16])
@@ -367,25 +290,17 @@ def memory_runs(
             )
             path = tmp / f"samples-{pairs}.parquet"
             pq.write_table(table, path)
-            proc = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    CHILD,
-                    str(path),
-                    str(tmp / "corpus.parquet"),
-                    str(tmp / "queries.parquet"),
-                    str(MODEL),
-                    str(threads),
-                    str(tmp / f"scores-{pairs}.parquet"),
-                    str(chunk_samples),
-                ],
-                capture_output=True,
-                text=True,
-                check=True,
-                env={**os.environ, "HF_HUB_OFFLINE": "1"},
+            result = run_child(
+                CHILD,
+                str(path),
+                str(tmp / "corpus.parquet"),
+                str(tmp / "queries.parquet"),
+                str(MODEL),
+                str(threads),
+                str(tmp / f"scores-{pairs}.parquet"),
+                str(chunk_samples),
+                what=f"the memory run of {pairs} pairs",
             )
-            result = json.loads(proc.stdout.strip().splitlines()[-1])
             result["requested_pairs"] = pairs
             result["chunk_samples"] = chunk_samples
             print(f"  memory {result}", flush=True)
@@ -396,63 +311,12 @@ def memory_runs(
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-def machine(threads: int) -> dict[str, Any]:
-    import sentence_transformers
-    import torch
-    import transformers
-
-    model_name = platform.processor() or "unknown"
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    model_name = line.split(":", 1)[1].strip()
-                    break
-    except OSError:
-        pass
-    flags = ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            flags = next((ln for ln in handle if ln.startswith("flags")), "")
-    except OSError:
-        pass
-    return {
-        "cpu_model": model_name,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "avx512": "avx512f" in flags,
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": threads,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "numpy": np.__version__,
-    }
-
-
-def write_markdown(report: dict[str, Any], path: Path) -> None:
-    m = report["machine"]
+def markdown(report: dict[str, Any]) -> str:
     peak = report["matmul"]["median_flop_per_s"]
+    title = "Teacher-scoring benchmark: irflow scorer vs the library default (CPU)"
     lines = [
-        "# Teacher-scoring benchmark: irflow scorer vs the library default (CPU)",
-        "",
-        f"Generated {report['generated']} by `benchmarks/teacher_scoring.py` "
-        f"(`{' '.join(report['argv'])}`).",
-        "",
-        "## Machine",
-        "",
-        f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable), "
-        f"AVX-512: {'yes' if m['avx512'] else 'no'}; memory {m['memory_gb']} GB",
-        f"- torch {m['torch']} ({m['torch_threads']} threads), transformers "
-        f"{m['transformers']}, sentence-transformers {m['sentence_transformers']}, "
-        f"Python {m['python']}",
-        f"- fp32 `torch.matmul` 2048x2048 on {m['torch_threads']} threads: "
-        f"{peak / 1e9:.1f} GFLOP/s (median of 10; best "
-        f"{report['matmul']['best_flop_per_s'] / 1e9:.1f})",
-        f"- Load average (1, 5, 15 min) before / after: {report['load_before']} / "
-        f"{report['load_after']} (other work sharing the CPUs inflates wall times)",
+        *title_markdown(title, "teacher_scoring.py", report),
+        *machine_markdown(report),
         *(
             f"- The {part} figures come from the run of {when} (same script)"
             for part, when in report.get("carried_over", {}).items()
@@ -546,7 +410,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "batch_tokens) and allocator caches, not pairs.",
         "",
     ]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -574,22 +438,17 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.path.insert(0, str(ROOT / "src"))
-    if not MODEL.is_dir():
-        sys.exit(f"{MODEL} is missing: run scripts/setup.sh")
+    prepare()
     queries, docs, _ = load_pairs(args.pairs, args.seed)
-    report: dict[str, Any] = {
-        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "argv": [Path(sys.argv[0]).as_posix(), *sys.argv[1:]],
-        "pairs": len(queries),
-        "distinct_queries": len(set(queries)),
-        "distinct_documents": len(set(docs)),
-        "seed": args.seed,
-        "repeats": args.repeats,
-        "load_before": [round(x, 2) for x in os.getloadavg()],
-        "machine": machine(args.threads),
-    }
+    report = new_report(
+        pairs=len(queries),
+        distinct_queries=len(set(queries)),
+        distinct_documents=len(set(docs)),
+        seed=args.seed,
+        repeats=args.repeats,
+        load_before=load_average(),
+        machine=machine(args.threads),
+    )
     previous_path = args.out / "teacher_scoring.json"
     previous = json.loads(previous_path.read_text()) if previous_path.exists() else {}
     report["carried_over"] = {}
@@ -621,13 +480,11 @@ def main() -> None:
         )
     else:
         carry("memory")
-    report["load_after"] = [round(x, 2) for x in os.getloadavg()]
+    report["load_after"] = load_average()
     report["peak_rss_mb_benchmark_process"] = (
         resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     )
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "teacher_scoring.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(report, args.out / "teacher_scoring.md")
+    write_results(args.out, "teacher_scoring", report, markdown(report))
     for kind, res in report.get("compare", {}).items():
         print(
             f"{kind}: library {res['library']['median_pairs_per_s']:.1f} pairs/s, irflow "

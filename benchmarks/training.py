@@ -50,22 +50,31 @@ Where results go
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import random
 import statistics
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-RESULTS = ROOT / "benchmarks" / "results"
-DATA = ROOT.parent / "shared" / "data" / "dl19-bm25-top100"
-MODEL = ROOT / "resources" / "models" / "all-MiniLM-L6-v2"
+from common import (
+    MODEL,
+    RESULTS,
+    load_average,
+    machine,
+    machine_markdown,
+    new_report,
+    prepare,
+    read_corpus,
+    read_qrels,
+    read_queries,
+    read_run,
+    run_child,
+    title_markdown,
+    write_corpus_and_queries,
+    write_results,
+)
 
 ARMS = {
     "cross-encoder": [
@@ -87,33 +96,14 @@ ARMS = {
 def write_inputs(folder: Path, max_samples: int, num_negatives: int, seed: int) -> dict[str, Any]:
     """Corpus, queries and a scores Parquet (irflow's training-data format) from DL19."""
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
-    from irflow.data import CORPUS_SCHEMA, QUERIES_SCHEMA
     from irflow.training_data.artifacts import write_table
     from irflow.training_data.teacher import SCORES_SCHEMA
 
-    docs = []
-    with open(DATA / "corpus.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            record = json.loads(line)
-            docs.append((record["_id"], record.get("title") or "", record["text"]))
-    queries = {}
-    with open(DATA / "queries.jsonl", encoding="utf-8") as handle:
-        for line in handle:
-            record = json.loads(line)
-            queries[record["_id"]] = record["text"]
-    qrels: dict[str, dict[str, int]] = {}
-    with open(DATA / "qrels" / "test.tsv", encoding="utf-8") as handle:
-        next(handle)
-        for line in handle:
-            qid, docid, label = line.split()
-            qrels.setdefault(qid, {})[docid] = int(label)
+    queries, qrels = read_queries(), read_qrels()
     run: dict[str, list[tuple[str, float]]] = {}
-    with open(DATA / "runs" / "bm25.trec", encoding="utf-8") as handle:
-        for line in handle:
-            qid, _, docid, _, score, _ = line.split()
-            run.setdefault(qid, []).append((docid, float(score)))
+    for qid, docid, score in read_run():
+        run.setdefault(qid, []).append((docid, score))
     rng = random.Random(seed)
     rows: dict[str, list] = {name: [] for name in SCORES_SCHEMA.names}
     for qid in sorted(run):
@@ -133,16 +123,7 @@ def write_inputs(folder: Path, max_samples: int, num_negatives: int, seed: int) 
     table = pa.table({k: [v[i] for i in order] for k, v in rows.items()}, schema=SCORES_SCHEMA)
     meta = {"artifact": "teacher-scores", "score_kind": "bm25", "teacher": {"name": "bm25"}}
     write_table(folder / "scores.parquet", table, SCORES_SCHEMA, meta)
-    pq.write_table(
-        pa.table({k: [d[i] for d in docs] for i, k in enumerate(CORPUS_SCHEMA.names)},
-                 schema=CORPUS_SCHEMA),
-        folder / "corpus.parquet",
-    )  # fmt: skip
-    ids = sorted(queries)
-    pq.write_table(
-        pa.table({"query_id": ids, "text": [queries[q] for q in ids]}, schema=QUERIES_SCHEMA),
-        folder / "queries.parquet",
-    )
+    write_corpus_and_queries(folder, read_corpus(), queries)
     return {"samples": table.num_rows, "queries": len(set(table.column("query_id").to_pylist()))}
 
 
@@ -152,6 +133,7 @@ def write_inputs(folder: Path, max_samples: int, num_negatives: int, seed: int) 
 CHILD = r"""
 import json, sys, time
 import torch
+from common import vm_hwm_mb
 config = json.loads(sys.argv[1])
 torch.set_num_threads(config["threads"])
 from irflow.students import StudentTrainingSpec
@@ -214,10 +196,8 @@ else:
     seconds = time.perf_counter() - start
     total = time.perf_counter() - began
     steps, samples = result.global_step, len(samples_)
-with open("/proc/self/status") as status:
-    hwm_kb = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
 print(json.dumps({"train_s": seconds, "total_s": total, "cpu_s": cpu.seconds,
-                  "steps": steps, "samples": samples, "peak_rss_mb": hwm_kb / 1024}))
+                  "steps": steps, "samples": samples, "peak_rss_mb": vm_hwm_mb()}))
 """
 
 
@@ -237,15 +217,7 @@ def run_arm(kind: str, method: str, objective: dict, folder: Path, args) -> dict
         "threads": args.threads, "device": args.device, "spec": spec,
     }  # fmt: skip
     load_before = os.getloadavg()[0]
-    proc = subprocess.run(
-        [sys.executable, "-c", CHILD, json.dumps(config)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT / "src")},
-    )
-    if proc.returncode != 0:
-        raise RuntimeError(f"{kind} {method} failed:\n{proc.stderr[-4000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = run_child(CHILD, json.dumps(config), what=f"{kind} {method}")
     pairs = 1 + args.num_negatives
     result.update(
         load_1min_before=load_before,
@@ -259,41 +231,6 @@ def run_arm(kind: str, method: str, objective: dict, folder: Path, args) -> dict
 # ---------------------------------------------------------------------------------------------
 # Report
 # ---------------------------------------------------------------------------------------------
-def machine(threads: int, device: str) -> dict[str, Any]:
-    import numpy
-    import sentence_transformers
-    import torch
-    import transformers
-
-    model_name, flags = platform.processor() or "unknown", ""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            info = handle.read().splitlines()
-        model_name = next(
-            (ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")),
-            model_name,
-        )
-        flags = next((ln for ln in info if ln.startswith("flags")), "")
-    except OSError:
-        pass
-    return {
-        "cpu_model": model_name,
-        "logical_cpus": os.cpu_count(),
-        "usable_cpus": len(os.sched_getaffinity(0)),
-        "avx512": "avx512f" in flags,
-        "memory_gb": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9, 1),
-        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "device": device,
-        "os": platform.platform(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": threads,
-        "transformers": transformers.__version__,
-        "sentence_transformers": sentence_transformers.__version__,
-        "numpy": numpy.__version__,
-    }
-
-
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "median_train_s": statistics.median(r["train_s"] for r in runs),
@@ -306,25 +243,13 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     }
 
 
-def write_markdown(report: dict[str, Any], path: Path) -> None:
-    m = report["machine"]
+def markdown(report: dict[str, Any]) -> str:
+    title = (
+        "Student-training benchmark: irflow entry points vs the plain sentence-transformers trainer"
+    )
     lines = [
-        "# Student-training benchmark: irflow entry points vs the plain sentence-transformers "
-        "trainer",
-        "",
-        f"Generated {report['generated']} by `benchmarks/training.py` "
-        f"(`{' '.join(report['argv'])}`).",
-        "",
-        "## Machine",
-        "",
-        f"- CPU: {m['cpu_model']}, {m['logical_cpus']} logical CPUs ({m['usable_cpus']} usable), "
-        f"AVX-512: {'yes' if m['avx512'] else 'no'}; memory {m['memory_gb']} GB; GPU: "
-        f"{m['gpu'] or 'none'}; training device: {m['device']}",
-        f"- torch {m['torch']} ({m['torch_threads']} threads), transformers "
-        f"{m['transformers']}, sentence-transformers {m['sentence_transformers']}, "
-        f"Python {m['python']}",
-        f"- Load average (1, 5, 15 min) before / after: {report['load_before']} / "
-        f"{report['load_after']} (other work sharing the CPUs inflates wall times)",
+        *title_markdown(title, "training.py", report),
+        *machine_markdown(report, device_label="training device"),
         "",
         "## Throughput and peak memory",
         "",
@@ -359,7 +284,7 @@ def write_markdown(report: dict[str, Any], path: Path) -> None:
         "which the timed part does not include.",
         "",
     ]
-    path.write_text("\n".join(lines))
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -376,25 +301,20 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    sys.path.insert(0, str(ROOT / "src"))
-    if not MODEL.is_dir():
-        sys.exit(f"{MODEL} is missing: run scripts/setup.sh")
+    prepare()
     import torch
 
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    report: dict[str, Any] = {
-        "generated": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "argv": [Path(sys.argv[0]).as_posix(), *sys.argv[1:]],
-        "batch_size": args.batch_size,
-        "num_negatives": args.num_negatives,
-        "max_length": args.max_length,
-        "repeats": args.repeats,
-        "seed": args.seed,
-        "load_before": [round(x, 2) for x in os.getloadavg()],
-        "machine": machine(args.threads, args.device),
-        "arms": {},
-    }
+    report = new_report(
+        batch_size=args.batch_size,
+        num_negatives=args.num_negatives,
+        max_length=args.max_length,
+        repeats=args.repeats,
+        seed=args.seed,
+        load_before=load_average(),
+        machine=machine(args.threads, args.device),
+        arms={},
+    )
     with tempfile.TemporaryDirectory(prefix="irflow-training-bench-") as tmp:
         folder = Path(tmp)
         report["data"] = write_inputs(folder, args.max_samples, args.num_negatives, args.seed)
@@ -410,10 +330,8 @@ def main() -> None:
                          "summary": summarise(runs[method])}
                 for method, objective in ARMS[kind]
             }  # fmt: skip
-    report["load_after"] = [round(x, 2) for x in os.getloadavg()]
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "training.json").write_text(json.dumps(report, indent=2) + "\n")
-    write_markdown(report, args.out / "training.md")
+    report["load_after"] = load_average()
+    write_results(args.out, "training", report, markdown(report))
     for kind, arms in report["arms"].items():
         print(
             f"{kind}: "
