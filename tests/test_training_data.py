@@ -865,3 +865,27 @@ def test_workflow_teacher_that_cannot_load_fails_scoring_and_leaves_nothing(
     log = work / "results/logs/score_teacher_shard/tiny-train/bm25/tiny/shard-0-of-2.log"
     assert "teacher 'tiny'" in log.read_text() and "broken-model" in log.read_text()
     assert listing(work / Path(SHARD0).parent) == []
+
+
+def test_training_data_table_without_filter_or_teacher_stages(tmp_path):
+    """Stages with no artifact are left out of the Markdown (no KeyError on an empty stage)."""
+    import json
+
+    from irflow.training_data.table import training_data_table
+
+    root = tmp_path / "results"
+    files = {
+        "training-data/t/queries.stats.json": {"selected_queries": 3, "selected_positives": 4},
+        "training-data/t/negatives/bm25.stats.json": {"samples": 4, "negatives": 12},
+        "teacher-scores/t/bm25/m.stats.json": {"samples": 4, "pairs": 16},
+    }
+    for name, stats in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_text(json.dumps(stats))
+    table = training_data_table(
+        [str(root / n) for n in files], str(root), tmp_path / "t.tsv", tmp_path / "t.md"
+    )
+    assert list(table["stage"]) == ["queries", "negatives", "teacher-scores"]
+    markdown = (tmp_path / "t.md").read_text()
+    assert "## teacher-scores" in markdown and "## filtered" not in markdown
+    assert "16" in markdown.split("## teacher-scores")[1]

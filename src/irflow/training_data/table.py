@@ -78,7 +78,11 @@ def training_data_table(stats_paths: list[str], results_dir: str, tsv_out: str, 
     with atomic_output(md_out) as tmp:
         sections = ["# Training data\n"]
         for stage in STAGE_COLUMNS:
-            part = table[table.stage == stage].dropna(axis=1, how="all").drop(columns="stage")
+            part = table[table.stage == stage]
+            if not len(part):
+                # (An empty frame would lose every column to dropna, "stage" included.)
+                continue
+            part = part.dropna(axis=1, how="all").drop(columns="stage")
             if len(part):
                 sections.append(f"## {stage}\n\n{part.to_markdown(index=False)}\n")
         tmp.write_text("\n".join(sections), encoding="utf-8")
