@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The demo. With no arguments: the zero-shot baselines (data, BM25, dense retrieval, reranking,
 # metric tables; about 10 minutes on 2 CPU cores) and Snakemake's report of them.
-# `bash scripts/demo.sh all`: every target of config.yaml, the training data, the three studies
+# `bash scripts/demo.sh all`: every target of config.yaml: the training data, the three studies,
 # the decoder arms and the HTML reproducibility report (hours on 2 CPU cores: it trains real models).
 # Other arguments go to snakemake (a target, a rule name, --configfile configs/ci.yaml, ...).
 set -euo pipefail
