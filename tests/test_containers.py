@@ -258,12 +258,13 @@ def _eval_rule_imports() -> list[str]:
 
 
 def _results(workdir: Path) -> dict[str, bytes]:
-    """Every result file but the benchmark and provenance records (times, paths, machine)."""
+    """Every result file but the logs, benchmark and provenance records (times, paths, machine:
+    they describe the job, not its output)."""
     root = workdir / "results"
     return {
         str(p.relative_to(workdir)): p.read_bytes()
         for p in sorted(root.rglob("*"))
-        if p.is_file() and not {"benchmarks", "provenance"} & set(p.relative_to(root).parts)
+        if p.is_file() and not {"logs", "benchmarks", "provenance"} & set(p.relative_to(root).parts)
     }
 
 
