@@ -3,25 +3,20 @@ cosine (the decoder as a bi-encoder)."""
 
 from irflow import job
 from irflow.data import read_queries
-from irflow.decoder.checkpoint import load_unified
+from irflow.decoder.checkpoint import batching_options, load_arm
 from irflow.decoder.inference import cosine_rerank
 from irflow.io import read_run_dict, write_trec_run
-from irflow.models import ModelRef, configure_threads, pick_device
+from irflow.models import configure_threads
 
 job.start(snakemake)
 configure_threads(snakemake.threads)
-base = dict(snakemake.params.base)
-model = load_unified(
-    snakemake.input.model, ModelRef.from_config(base.pop("name"), base), pick_device()
-)
-inference = dict(snakemake.params.inference)
+model = load_arm(snakemake.input.model, snakemake.params.base)
 run = cosine_rerank(
     model,
     snakemake.input.corpus,
     read_queries(snakemake.input.queries),
     read_run_dict(snakemake.input.run),
     depth=snakemake.params.depth,
-    batch_tokens=inference.get("batch_tokens"),
-    max_batch=inference.get("max_batch", 64),
+    **batching_options(snakemake.params.inference),
 )
 write_trec_run(snakemake.output.run, run, tag=f"{snakemake.wildcards.arm}.cosine")

@@ -2,24 +2,19 @@
 
 from irflow import job
 from irflow.data import read_queries
-from irflow.decoder.checkpoint import load_unified
+from irflow.decoder.checkpoint import batching_options, load_arm
 from irflow.decoder.inference import dense_retrieve
 from irflow.io import write_trec_run
-from irflow.models import ModelRef, configure_threads, pick_device
+from irflow.models import configure_threads
 
 job.start(snakemake)
 configure_threads(snakemake.threads)
-base = dict(snakemake.params.base)
-model = load_unified(
-    snakemake.input.model, ModelRef.from_config(base.pop("name"), base), pick_device()
-)
-inference = dict(snakemake.params.inference)
+model = load_arm(snakemake.input.model, snakemake.params.base)
 run = dense_retrieve(
     model,
     snakemake.input.embeddings,
     read_queries(snakemake.input.queries),
     k=snakemake.params.depth,
-    batch_tokens=inference.get("batch_tokens"),
-    max_batch=inference.get("max_batch", 64),
+    **batching_options(snakemake.params.inference),
 )
 write_trec_run(snakemake.output.run, run, tag=snakemake.wildcards.arm)

@@ -1,21 +1,16 @@
 """Rule decoder_encode_corpus: a unified decoder's L2-normalised embeddings of every document."""
 
 from irflow import job
-from irflow.decoder.checkpoint import load_unified
+from irflow.decoder.checkpoint import batching_options, load_arm
 from irflow.decoder.inference import encode_corpus
-from irflow.models import ModelRef, configure_threads, pick_device
+from irflow.models import configure_threads
 
 job.start(snakemake)
 configure_threads(snakemake.threads)
-base = dict(snakemake.params.base)
-model = load_unified(
-    snakemake.input.model, ModelRef.from_config(base.pop("name"), base), pick_device()
-)
-inference = dict(snakemake.params.inference)
+model = load_arm(snakemake.input.model, snakemake.params.base)
 encode_corpus(
     model,
     snakemake.input.corpus,
     snakemake.output.embeddings,
-    batch_tokens=inference.get("batch_tokens"),
-    max_batch=inference.get("max_batch", 64),
+    **batching_options(snakemake.params.inference),
 )

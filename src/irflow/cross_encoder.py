@@ -7,9 +7,9 @@ losses downstream need the unsquashed values.
 from __future__ import annotations
 
 from irflow.batching import predict_pairs
-from irflow.data import candidate_texts
 from irflow.io import InputError
 from irflow.models import ModelRef, model_kwargs
+from irflow.reranking import rerank_by_pairs
 
 
 def load_cross_encoder(ref: ModelRef, device: str):
@@ -45,17 +45,10 @@ def rerank_candidates(
 ) -> dict[str, dict[str, float]]:
     """Raw scores of each query's top-``depth`` candidates, batched by token budget
     (:func:`irflow.batching.predict_pairs`; ``batch_size`` caps the rows of a batch)."""
-    missing_queries = sorted(set(candidates) - set(queries))
-    if missing_queries:
-        raise InputError(f"candidate run has queries with no text: {missing_queries[:5]}")
-    top, texts = candidate_texts(corpus_parquet, candidates, depth)
-    pairs = [(queries[qid], texts[d]) for qid in sorted(top) for d in top[qid]]
-    scores = predict_pairs(model, pairs, batch_tokens=batch_tokens, max_batch=batch_size)
-    run: dict[str, dict[str, float]] = {}
-    position = 0
-    for qid in sorted(top):
-        run[qid] = {}
-        for d in top[qid]:
-            run[qid][d] = float(scores[position])
-            position += 1
-    return run
+    return rerank_by_pairs(
+        corpus_parquet,
+        queries,
+        candidates,
+        depth,
+        lambda pairs: predict_pairs(model, pairs, batch_tokens=batch_tokens, max_batch=batch_size),
+    )

@@ -11,13 +11,15 @@ its padded tokens (default :data:`irflow.batching.DEFAULT_BATCH_TOKENS` for the 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
 from irflow.batching import embedding_dimension, encode_texts
-from irflow.data import candidate_texts, doc_texts
+from irflow.data import doc_texts
 from irflow.io import InputError, atomic_output, open_parquet, write_json_atomic
+from irflow.reranking import rerank_by_embeddings
 
 
 def _encode(
@@ -41,9 +43,27 @@ def encode_corpus(
     batch_tokens: int | None = None,
 ) -> None:
     """Encode the corpus chunk by chunk into ``embeddings.npy`` (memory-mapped, float32)."""
+    write_corpus_embeddings(
+        corpus_parquet,
+        out_dir,
+        embedding_dimension(model),
+        lambda texts: _encode(model, texts, batch_size, None, batch_tokens),
+        chunk,
+    )
+
+
+def write_corpus_embeddings(
+    corpus_parquet: str,
+    out_dir: str,
+    dim: int,
+    encode: Callable[[list[str]], np.ndarray],
+    chunk: int = 20_000,
+) -> None:
+    """Write ``embeddings.npy`` (float32, memory-mapped) and ``doc_ids.json`` into ``out_dir``
+    (an atomic folder), reading the corpus ``chunk`` documents at a time, so memory stays flat
+    whatever the corpus size. ``encode`` maps document texts to a ``(n, dim)`` array."""
     parquet = open_parquet(corpus_parquet)
     total = parquet.metadata.num_rows
-    dim = embedding_dimension(model)
     with atomic_output(out_dir, directory=True) as tmp:
         matrix = np.lib.format.open_memmap(
             tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dim)
@@ -52,8 +72,7 @@ def encode_corpus(
         offset = 0
         for batch in parquet.iter_batches(batch_size=chunk, columns=["doc_id", "title", "text"]):
             texts = doc_texts(batch)
-            emb = _encode(model, texts, batch_size, None, batch_tokens)
-            matrix[offset : offset + len(texts)] = emb
+            matrix[offset : offset + len(texts)] = encode(texts)
             doc_ids.extend(batch.column("doc_id").to_pylist())
             offset += len(texts)
         matrix.flush()
@@ -131,9 +150,17 @@ def dense_retrieve(
     dim: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Top-``k`` documents of each query by cosine (``dim``: Matryoshka truncation)."""
-    doc_emb, doc_ids = load_embeddings(emb_dir)
     qids = sorted(queries)
     query_emb = _encode(model, [queries[q] for q in qids], batch_size, query_prompt, batch_tokens)
+    return search_embeddings(emb_dir, qids, query_emb, k, dim)
+
+
+def search_embeddings(
+    emb_dir: str, qids: list[str], query_emb: np.ndarray, k: int, dim: int | None = None
+) -> dict[str, dict[str, float]]:
+    """Exact top-``k`` of each query (row ``i`` of ``query_emb`` is ``qids[i]``) over an
+    :func:`encode_corpus` folder, as ``{query_id: {doc_id: score}}``."""
+    doc_emb, doc_ids = load_embeddings(emb_dir)
     if query_emb.shape[1] != doc_emb.shape[1]:
         raise InputError(
             f"{emb_dir}: corpus embeddings have dimension {doc_emb.shape[1]}, the query model "
@@ -159,19 +186,12 @@ def rerank_candidates(
 ) -> dict[str, dict[str, float]]:
     """Score each query's top-``depth`` candidates by cosine similarity (``dim``: Matryoshka
     truncation, :func:`truncate_dim`)."""
-    missing_queries = sorted(set(candidates) - set(queries))
-    if missing_queries:
-        raise InputError(f"candidate run has queries with no text: {missing_queries[:5]}")
-    top, texts = candidate_texts(corpus_parquet, candidates, depth)
-    needed = list(texts)
-    doc_emb = _encode(model, [texts[d] for d in needed], batch_size, None, batch_tokens)
-    doc_emb = truncate_dim(doc_emb, dim)
-    row_of = {d: i for i, d in enumerate(needed)}
-    qids = sorted(top)
-    query_emb = _encode(model, [queries[q] for q in qids], batch_size, query_prompt, batch_tokens)
-    query_emb = truncate_dim(query_emb, dim)
-    run = {}
-    for qi, qid in enumerate(qids):
-        scores = doc_emb[[row_of[d] for d in top[qid]]] @ query_emb[qi]
-        run[qid] = {d: float(s) for d, s in zip(top[qid], scores, strict=True)}
-    return run
+
+    def encoder(prompt: str | None):
+        return lambda texts: truncate_dim(
+            _encode(model, texts, batch_size, prompt, batch_tokens), dim
+        )
+
+    return rerank_by_embeddings(
+        corpus_parquet, queries, candidates, depth, encoder(query_prompt), encoder(None)
+    )

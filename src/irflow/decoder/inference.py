@@ -14,11 +14,9 @@ reproduces its run file exactly on the same machine and device.
 
 from __future__ import annotations
 
-import numpy as np
-
-from irflow.data import candidate_texts, doc_texts
 from irflow.decoder.model import DEFAULT_MAX_BATCH
-from irflow.io import InputError, atomic_output, open_parquet, write_json_atomic
+from irflow.dense import search_embeddings, write_corpus_embeddings
+from irflow.reranking import rerank_by_embeddings, rerank_by_pairs
 
 
 def encode_corpus(
@@ -30,24 +28,13 @@ def encode_corpus(
     chunk: int = 20_000,
 ) -> None:
     """Embed every document (document template) into ``out_dir`` (atomic folder)."""
-    parquet = open_parquet(corpus_parquet)
-    total = parquet.metadata.num_rows
-    dim = model.lm_head.in_features
-    with atomic_output(out_dir, directory=True) as tmp:
-        matrix = np.lib.format.open_memmap(
-            tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dim)
-        )
-        doc_ids: list[str] = []
-        offset = 0
-        for batch in parquet.iter_batches(batch_size=chunk, columns=["doc_id", "title", "text"]):
-            texts = doc_texts(batch)
-            emb = model.encode(texts, "document", batch_tokens, max_batch)
-            matrix[offset : offset + len(texts)] = emb
-            doc_ids.extend(batch.column("doc_id").to_pylist())
-            offset += len(texts)
-        matrix.flush()
-        del matrix
-        write_json_atomic(tmp / "doc_ids.json", doc_ids)
+    write_corpus_embeddings(
+        corpus_parquet,
+        out_dir,
+        model.lm_head.in_features,
+        lambda texts: model.encode(texts, "document", batch_tokens, max_batch),
+        chunk,
+    )
 
 
 def dense_retrieve(
@@ -59,27 +46,9 @@ def dense_retrieve(
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> dict[str, dict[str, float]]:
     """Exact top-``k`` cosine retrieval over :func:`encode_corpus`'s embeddings."""
-    from irflow.dense import exact_search, load_embeddings
-
-    doc_emb, doc_ids = load_embeddings(emb_dir)
     qids = sorted(queries)
     query_emb = model.encode([queries[q] for q in qids], "query", batch_tokens, max_batch)
-    if query_emb.shape[1] != doc_emb.shape[1]:
-        raise InputError(
-            f"{emb_dir}: corpus embeddings have dimension {doc_emb.shape[1]}, the model gives "
-            f"{query_emb.shape[1]}; encode the corpus with the same model"
-        )
-    scores, index = exact_search(query_emb, doc_emb, k)
-    return {
-        qid: {doc_ids[index[row, col]]: float(scores[row, col]) for col in range(index.shape[1])}
-        for row, qid in enumerate(qids)
-    }
-
-
-def _check_queries(queries, candidates):
-    missing = sorted(set(candidates) - set(queries))
-    if missing:
-        raise InputError(f"candidate run has queries with no text: {missing[:5]}")
+    return search_embeddings(emb_dir, qids, query_emb, k)
 
 
 def cosine_rerank(
@@ -92,18 +61,14 @@ def cosine_rerank(
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> dict[str, dict[str, float]]:
     """Score each query's top-``depth`` candidates by embedding cosine."""
-    _check_queries(queries, candidates)
-    top, texts = candidate_texts(corpus_parquet, candidates, depth)
-    needed = list(texts)
-    doc_emb = model.encode([texts[d] for d in needed], "document", batch_tokens, max_batch)
-    row_of = {d: i for i, d in enumerate(needed)}
-    qids = sorted(top)
-    query_emb = model.encode([queries[q] for q in qids], "query", batch_tokens, max_batch)
-    run = {}
-    for qi, qid in enumerate(qids):
-        scores = doc_emb[[row_of[d] for d in top[qid]]] @ query_emb[qi]
-        run[qid] = {d: float(s) for d, s in zip(top[qid], scores, strict=True)}
-    return run
+    return rerank_by_embeddings(
+        corpus_parquet,
+        queries,
+        candidates,
+        depth,
+        lambda texts: model.encode(texts, "query", batch_tokens, max_batch),
+        lambda texts: model.encode(texts, "document", batch_tokens, max_batch),
+    )
 
 
 def rerank(
@@ -117,17 +82,12 @@ def rerank(
 ) -> dict[str, dict[str, float]]:
     """Score each query's top-``depth`` candidates by ``logit(yes) - logit(no)`` (or the MLP
     head of the ablation)."""
-    _check_queries(queries, candidates)
-    top, texts = candidate_texts(corpus_parquet, candidates, depth)
-    qids = sorted(top)
-    pairs = [(qid, d) for qid in qids for d in top[qid]]
-    scores = model.score(
-        [queries[q] for q, _ in pairs],
-        [texts[d] for _, d in pairs],
-        batch_tokens,
-        max_batch,
+    return rerank_by_pairs(
+        corpus_parquet,
+        queries,
+        candidates,
+        depth,
+        lambda pairs: model.score(
+            [query for query, _ in pairs], [doc for _, doc in pairs], batch_tokens, max_batch
+        ),
     )
-    run: dict[str, dict[str, float]] = {qid: {} for qid in qids}
-    for (qid, doc), score in zip(pairs, scores, strict=True):
-        run[qid][doc] = float(score)
-    return run
