@@ -346,6 +346,4 @@ def test_two_processes_under_torchrun_train_one_model(setup, tmp_path):
     assert reports == [{"world_size": 2, "steps": 3, "samples_seen": 12}] * 2
     assert [r["step"] for r in curves(tmp_path / "out" / "curves.jsonl")] == [1, 2, 3]
     assert CrossEncoder(str(tmp_path / "out" / "model"), device="cpu").predict([("a", "b")]).shape
-    assert sorted(p.name for p in (tmp_path / "out" / "checkpoints").glob("checkpoint-*")) == [
-        "checkpoint-2", "checkpoint-3",
-    ]  # fmt: skip
+    assert not (tmp_path / "out" / "checkpoints").exists()  # removed once the model is saved

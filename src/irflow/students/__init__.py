@@ -12,8 +12,8 @@ module                      what
                             bi-encoder: margin_mse, infonce, cached_infonce), one file each
 :mod:`.optim`               optimizers by name (adamw, lion, adamw8bit, lion8bit) or class
 :mod:`.data`                samples of a scores Parquet with their texts, as datasets
-:mod:`.train`               :func:`train_cross_encoder`, :func:`train_bi_encoder`,
-                            :func:`save_untrained`
+:mod:`.train`               :func:`train_student` (:func:`train_cross_encoder`,
+                            :func:`train_bi_encoder`), :func:`save_untrained`
 ==========================  ===============================================================
 
 Importing this package is cheap (no torch): the training functions are imported on first use.
@@ -30,28 +30,17 @@ from irflow.students.losses import OBJECTIVES, get_objective
 from irflow.students.optim import OPTIMIZERS
 from irflow.students.spec import StudentTrainingSpec
 
-
-def train_cross_encoder(*args, **kwargs):
-    from irflow.students.train import train_cross_encoder as train
-
-    return train(*args, **kwargs)
+_LAZY = ("save_untrained", "train_bi_encoder", "train_cross_encoder", "train_student")
 
 
-def train_bi_encoder(*args, **kwargs):
-    from irflow.students.train import train_bi_encoder as train
+def __getattr__(name: str):
+    # The training functions import torch and transformers; load them on first use only.
+    if name in _LAZY:
+        from irflow.students import train
 
-    return train(*args, **kwargs)
+        return getattr(train, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
-
-def save_untrained(*args, **kwargs):
-    from irflow.students.train import save_untrained as save
-
-    return save(*args, **kwargs)
-
-
-train_cross_encoder.__doc__ = "See :func:`irflow.students.train.train_cross_encoder`."
-train_bi_encoder.__doc__ = "See :func:`irflow.students.train.train_bi_encoder`."
-save_untrained.__doc__ = "See :func:`irflow.students.train.save_untrained`."
 
 __all__ = [
     "OBJECTIVES",
@@ -66,4 +55,5 @@ __all__ = [
     "select_layers",
     "train_bi_encoder",
     "train_cross_encoder",
+    "train_student",
 ]

@@ -1,10 +1,10 @@
 """Training entry points: a cross-encoder or bi-encoder student from teacher-scored samples.
 
-:func:`train_cross_encoder` and :func:`train_bi_encoder` run sentence-transformers'
-``CrossEncoderTrainer`` / ``SentenceTransformerTrainer`` (the Hugging Face Trainer underneath)
-with the objective, optimizer and schedule of a :class:`~irflow.students.spec.StudentTrainingSpec`
-on the samples of a scores Parquet (:mod:`irflow.students.data`). What is added around the
-library:
+:func:`train_student` (shorthands :func:`train_cross_encoder`, :func:`train_bi_encoder`) runs
+sentence-transformers' ``CrossEncoderTrainer`` / ``SentenceTransformerTrainer`` (the Hugging
+Face Trainer underneath) with the objective, optimizer and schedule of a
+:class:`~irflow.students.spec.StudentTrainingSpec` on the samples of a scores Parquet
+(:mod:`irflow.students.data`). What is added around the library:
 
 * **Initialisation.** The model is loaded after seeding (``transformers.set_seed(seed)``). A
   cross-encoder student is ``CrossEncoder(init_dir, num_labels=1)``: from a sentence-transformers
@@ -25,7 +25,7 @@ library:
   spec, and hashes of the training samples and the initial weights), training resumes from the
   latest one (``resume_from_checkpoint``: data position, RNG and optimizer states restored) and
   the final weights equal an uninterrupted run's bit for bit on CPU; checkpoints of a different
-  run are deleted first.
+  run are deleted first, and the folder is removed once the final model is saved.
 * **Outputs.** The final model goes to ``out_dir`` atomically, as a sentence-transformers folder
   (``CrossEncoder(out_dir)`` / ``SentenceTransformer(out_dir)``; LoRA adapters are merged into
   the weights first) without a model card (it holds dates, and the stats say what trained it).
@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from irflow.io import atomic_output, write_json_atomic, write_text_atomic
+from irflow.io import atomic_output, sha256_folder, write_json_atomic, write_text_atomic
 from irflow.students.data import (
     EpochSeededBatchSampler,
     TrainingSamples,
@@ -197,16 +197,6 @@ def _device(device: str | None) -> str:
     from irflow.models import pick_device
 
     return device or pick_device()
-
-
-def _hash_files(folder: Path) -> str:
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
 
 
 def _hash_samples(samples: TrainingSamples) -> str:
@@ -413,19 +403,25 @@ def _training_args(
     )
 
 
-def _train(
+def train_student(
     kind: str,
     spec: StudentTrainingSpec,
-    scores_parquet,
-    queries_parquet,
-    corpus_parquet,
-    init_dir,
-    out_dir,
-    checkpoint_dir,
-    curves_path,
-    device: str | None,
-    callbacks: list | None,
+    scores_parquet: str | os.PathLike,
+    queries_parquet: str | os.PathLike,
+    corpus_parquet: str | os.PathLike,
+    init_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    checkpoint_dir: str | os.PathLike | None,
+    curves_path: str | os.PathLike,
+    device: str | None = None,
+    *,
+    callbacks: list | None = None,
 ) -> dict[str, Any]:
+    """Train a ``kind`` (``cross-encoder`` or ``bi-encoder``) student; see the module docstring.
+    Returns the stats.
+
+    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (tests, benchmarks).
+    """
     objective = get_objective(kind, spec.objective)
     resolve_optimizer(spec.optimizer)  # an unknown name fails before anything loads
     device = _device(device)
@@ -448,7 +444,7 @@ def _train(
         "kind": kind,
         "spec": spec.describe(),
         "samples_sha256": _hash_samples(samples),
-        "init_sha256": _hash_files(Path(init_dir)),
+        "init_sha256": sha256_folder(init_dir),
     }
     scratch = None
     if checkpoint_dir is not None:
@@ -508,6 +504,9 @@ def _train(
             save_model(model, out_dir)
             write_text_atomic(curves_path, _jsonl(curve_rows))
         trainer.accelerator.wait_for_everyone()
+        if main and checkpoint_dir is not None:
+            # The model is saved, so the checkpoints have served; a forced rerun trains anew.
+            shutil.rmtree(checkpoint_dir, ignore_errors=True)
     finally:
         if scratch is not None:
             shutil.rmtree(scratch, ignore_errors=True)
@@ -539,44 +538,11 @@ def _train(
     }
 
 
-def train_cross_encoder(
-    spec: StudentTrainingSpec,
-    scores_parquet: str | os.PathLike,
-    queries_parquet: str | os.PathLike,
-    corpus_parquet: str | os.PathLike,
-    init_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    checkpoint_dir: str | os.PathLike | None,
-    curves_path: str | os.PathLike,
-    device: str | None = None,
-    *,
-    callbacks: list | None = None,
-) -> dict[str, Any]:
-    """Train a cross-encoder (reranker) student; see the module docstring. Returns the stats.
-
-    ``callbacks`` are extra ``transformers.TrainerCallback`` objects (tests, benchmarks).
-    """
-    return _train(
-        "cross-encoder", spec, scores_parquet, queries_parquet, corpus_parquet, init_dir,
-        out_dir, checkpoint_dir, curves_path, device, callbacks,
-    )  # fmt: skip
+def train_cross_encoder(*args, **kwargs) -> dict[str, Any]:
+    """Train a cross-encoder (reranker) student: :func:`train_student` of that kind."""
+    return train_student("cross-encoder", *args, **kwargs)
 
 
-def train_bi_encoder(
-    spec: StudentTrainingSpec,
-    scores_parquet: str | os.PathLike,
-    queries_parquet: str | os.PathLike,
-    corpus_parquet: str | os.PathLike,
-    init_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    checkpoint_dir: str | os.PathLike | None,
-    curves_path: str | os.PathLike,
-    device: str | None = None,
-    *,
-    callbacks: list | None = None,
-) -> dict[str, Any]:
-    """Train a bi-encoder (embedding) student; see the module docstring. Returns the stats."""
-    return _train(
-        "bi-encoder", spec, scores_parquet, queries_parquet, corpus_parquet, init_dir,
-        out_dir, checkpoint_dir, curves_path, device, callbacks,
-    )  # fmt: skip
+def train_bi_encoder(*args, **kwargs) -> dict[str, Any]:
+    """Train a bi-encoder (embedding) student: :func:`train_student` of that kind."""
+    return train_student("bi-encoder", *args, **kwargs)
