@@ -61,6 +61,9 @@ rule train_unified:
         spec=lambda wildcards: decoder_spec(wildcards.arm),
         base=lambda wildcards: decoder_base_entry(wildcards.arm),
         data=lambda wildcards: config["decoders"][wildcards.arm]["data"],
+        # Outside the declared outputs, so that a killed job's checkpoints survive for the
+        # rerun to resume from (training.checkpoint_every_steps).
+        checkpoints=lambda wildcards: f"{RESULTS}/checkpoints/decoders/{wildcards.arm}",
     script:
         "../workflow_scripts/train_unified.py"
 

@@ -653,6 +653,100 @@ def test_training_is_deterministic_and_the_reloaded_model_reproduces_runs(
     assert len({round(s, 6) for d in yes_no.values() for s in d.values()}) > 10
 
 
+KILL_AT_STEP = """
+import json, os, signal, sys
+import torch
+from irflow.decoder.train import train_unified
+
+torch.set_num_threads(1)  # as in this test process: the same kernels, the same rounding
+
+args = json.loads(sys.argv[1])
+train_unified(
+    args["spec"], args["samples"], args["queries"], args["corpus"], args["base"],
+    args["out"] + "/model", args["out"] + "/diagnostics", device="cpu",
+    checkpoint_dir=args["checkpoints"],
+    on_step=lambda step: os.kill(os.getpid(), signal.SIGKILL) if step == args["kill_at"] else None,
+)
+"""
+
+
+def test_a_killed_training_resumes_from_its_checkpoint_bit_identically(
+    tiny_bases, training_files, tmp_path
+):
+    import subprocess
+    import sys
+
+    from safetensors.torch import load_file
+
+    from irflow.decoder.train import train_unified
+
+    # MoE-LoRA with dropout, PCGrad and 8-bit AdamW (8-bit state even for these tiny tensors):
+    # every random and stateful part at once.
+    spec = small_spec(adapter={"kind": "moe-lora", "dropout": 0.1})
+    spec["training"]["optimizer"] = {"name": "adamw8bit", "kwargs": {"min_8bit_size": 1}}
+    spec["training"]["checkpoint_every_steps"] = 2
+    spec["training"]["stages"] = [
+        {"name": "embed", "tasks": ["embed"], "steps": 3, "lr": 1e-3},
+        {"name": "joint", "tasks": ["embed", "rerank"], "steps": 4, "lr": 1e-3, "pcgrad": True},
+    ]
+
+    def train(out: Path, checkpoints: Path | None):
+        return train_unified(
+            spec, training_files["samples"], training_files["queries"], training_files["corpus"],
+            tiny_bases["llama"], out / "model", out / "diagnostics", device="cpu",
+            checkpoint_dir=checkpoints,
+        )  # fmt: skip
+
+    whole_stats = train(tmp_path / "whole", None)
+
+    # Killed at global step 5 (the joint stage's second step), after the step-4 checkpoint.
+    checkpoints = tmp_path / "checkpoints"
+    args = {key: str(path) for key, path in training_files.items()}
+    args.update(spec=spec, base=str(tiny_bases["llama"]), out=str(tmp_path / "killed"),
+                checkpoints=str(checkpoints), kill_at=5)  # fmt: skip
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_STEP, json.dumps(args)], check=False, timeout=600
+    )
+    assert killed.returncode == -9
+    assert not (tmp_path / "killed" / "model").exists()  # nothing half-written
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["run.json", "step-00000004.pt"]
+
+    stats = train(tmp_path / "killed", checkpoints)  # the rerun resumes after step 4
+    assert stats["resumed_from_step"] == 4 and whole_stats["resumed_from_step"] is None
+
+    def untimed(stages):
+        return [{k: v for k, v in stage.items() if k != "seconds"} for stage in stages]
+
+    assert untimed(stats["stages"]) == untimed(whole_stats["stages"])
+    assert stats["examples"] == whole_stats["examples"]
+    assert not checkpoints.exists()  # removed once the model is saved
+    whole = load_file(tmp_path / "whole" / "model" / "adapter_model.safetensors")
+    resumed = load_file(tmp_path / "killed" / "model" / "adapter_model.safetensors")
+    assert whole.keys() == resumed.keys()
+    assert all(torch.equal(whole[k], resumed[k]) for k in whole)
+    for table in ("train_log", "grad_cosine", "expert_usage"):
+        rows = {
+            run: [
+                {k: v for k, v in row.items() if k not in ("seconds", "cpu_seconds")}
+                for row in read_tsv(tmp_path / run / "diagnostics" / f"{table}.tsv")
+            ]
+            for run in ("whole", "killed")
+        }
+        assert rows["whole"] == rows["killed"], table
+    assert len(read_tsv(tmp_path / "killed" / "diagnostics" / "train_log.tsv")) == 7
+
+    # Another run's checkpoint is not resumed from: kill again, then change the learning rate.
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_AT_STEP, json.dumps(args)], check=False, timeout=600
+    )
+    assert killed.returncode == -9 and (checkpoints / "step-00000004.pt").is_file()
+    spec["training"]["stages"][1]["lr"] = 5e-4
+    changed_stats = train(tmp_path / "changed", checkpoints)
+    assert changed_stats["resumed_from_step"] is None
+    changed = load_file(tmp_path / "changed" / "model" / "adapter_model.safetensors")
+    assert not all(torch.equal(whole[k], changed[k]) for k in whole)
+
+
 def test_mlp_head_ablation_trains_and_round_trips(tiny_bases, training_files, tmp_path):
     spec = small_spec(reranking={"head": "mlp", "mlp_hidden": 8})
     spec["training"]["stages"] = [{"name": "rerank", "tasks": ["rerank"], "steps": 2}]

@@ -20,5 +20,6 @@ stats = train_unified(
     ModelRef.from_config(base.pop("name"), base),
     snakemake.output.model,
     snakemake.output.diagnostics,
+    checkpoint_dir=snakemake.params.checkpoints,
 )
 write_json_atomic(snakemake.output.stats, {"decoder": arm, **stats})

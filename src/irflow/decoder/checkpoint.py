@@ -48,7 +48,7 @@ def build_model(base_model, tokenizer, spec: DecoderSpec, seed: int | None = Non
     return UnifiedModel(peft_model, tokenizer, spec, routing=routing, score_head=head)
 
 
-def _base_info(base_model) -> dict[str, Any]:
+def base_identity(base_model) -> dict[str, Any]:
     """What identifies the base model: its folder (and config.json's sha256) or hub id."""
     from irflow.models import ModelRef
 
@@ -82,7 +82,7 @@ def save_unified(
         "format": "irflow-unified-decoder/1",
         "spec": model.spec.as_dict(),
         "tokens": model.describe(),
-        "base_model": _base_info(base_model_dir),
+        "base_model": base_identity(base_model_dir),
         **(extra or {}),
     }
     (out_dir / UNIFIED_FILE).write_text(
@@ -114,7 +114,7 @@ def load_unified(model_dir: str | os.PathLike, base_model_dir, device: str | Non
     record = read_record(model_dir)
     spec = parse_spec(record["spec"], where=f"{model_dir}/{UNIFIED_FILE}")
     recorded_sha = record.get("base_model", {}).get("config_sha256")
-    current = _base_info(base_model_dir).get("config_sha256")
+    current = base_identity(base_model_dir).get("config_sha256")
     if recorded_sha and current and recorded_sha != current:
         log.warning(
             "%s was trained on a base model whose config.json differs from %s/config.json",
@@ -137,3 +137,22 @@ def load_unified(model_dir: str | os.PathLike, base_model_dir, device: str | Non
                 f"{base_model_dir} gives {model.describe().get(key)}; wrong base model?"
             )
     return model.eval()
+
+
+def load_arm(model_dir: str | os.PathLike, base_entry: dict[str, Any], device: str | None = None):
+    """:func:`load_unified` for a rule: ``base_entry`` is the arm's base model as the rules pass
+    it (a ``models:`` entry plus its ``name``)."""
+    from irflow.models import ModelRef
+
+    entry = dict(base_entry)
+    return load_unified(model_dir, ModelRef.from_config(entry.pop("name"), entry), device)
+
+
+def batching_options(inference: dict[str, Any]) -> dict[str, Any]:
+    """The arm's ``inference:`` section as keyword arguments of :mod:`.inference`'s functions."""
+    from .model import DEFAULT_MAX_BATCH
+
+    return {
+        "batch_tokens": inference.get("batch_tokens"),
+        "max_batch": inference.get("max_batch", DEFAULT_MAX_BATCH),
+    }

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -119,6 +120,21 @@ class TaskSampler:
         self.order: list[int] = []
         self.epoch = 0
         self.drawn = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        """Position and random state, for a resumable checkpoint."""
+        return {
+            "rng": self.rng.bit_generator.state,
+            "order": list(self.order),
+            "epoch": self.epoch,
+            "drawn": self.drawn,
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.rng.bit_generator.state = state["rng"]
+        self.order = list(state["order"])
+        self.epoch = state["epoch"]
+        self.drawn = state["drawn"]
 
     def _take(self) -> int:
         if not self.order:

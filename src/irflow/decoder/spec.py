@@ -80,6 +80,8 @@ DEFAULTS: dict[str, Any] = {
         "max_grad_norm": 1.0,
         "gradient_checkpointing": False,
         "log_every": 1,
+        # Global optimizer steps between resumable checkpoints (None: no checkpoints).
+        "checkpoint_every_steps": None,
         "stages": [
             {"name": "embed", "tasks": ["embed"], "steps": 100, "lr": 1e-4},
             {"name": "joint", "tasks": ["embed", "rerank"], "steps": 100, "lr": 5e-5},
@@ -159,6 +161,7 @@ class TrainingSpec:
     max_grad_norm: float | None
     gradient_checkpointing: bool
     log_every: int
+    checkpoint_every_steps: int | None
     stages: tuple[StageSpec, ...]
 
 
@@ -403,6 +406,9 @@ def parse_spec(spec: dict[str, Any] | None, where: str = "decoder spec") -> Deco
             "training.gradient_checkpointing", t["gradient_checkpointing"]
         ),
         log_every=check.integer("training.log_every", t["log_every"]),
+        checkpoint_every_steps=None
+        if t["checkpoint_every_steps"] is None
+        else check.integer("training.checkpoint_every_steps", t["checkpoint_every_steps"]),
         stages=tuple(stages),
     )
     t["stages"] = raw_out_stages

@@ -34,12 +34,15 @@ the MLP head from their own seeded generators, batches from per-task numpy gener
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
 import os
 import re
+import shutil
 import time
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -234,19 +237,42 @@ class Trainer:
                 }
             )
 
-    def run_stage(self, stage: StageSpec) -> dict[str, Any]:
+    def run_stage(
+        self,
+        index: int,
+        checkpoints: Checkpoints | None = None,
+        resume: dict[str, Any] | None = None,
+        on_step=None,
+    ) -> dict[str, Any]:
+        """Train stage ``index``; from ``resume`` (a checkpoint's ``stage`` part) if given.
+
+        ``on_step(global_step)`` runs after each step and its checkpoint (tests use it to kill
+        the process at a known step)."""
         from .adapters import expert_usage
         from .losses import cosine, pcgrad
 
         spec = self.spec.training
+        stage = spec.stages[index]
+        first_global = sum(s.steps for s in spec.stages[:index])
         optimizer = make_optimizer(spec.optimizer, self.groups.params, stage.lr, self.device)
         schedule = make_schedule(stage, optimizer)
-        expert_usage(self.model.peft, reset=True)
-        self.model.train()
-        began = time.perf_counter()
         losses: dict[str, list[float]] = defaultdict(list)
-        projections_total = 0
-        for step in range(1, stage.steps + 1):
+        if resume is None:
+            expert_usage(self.model.peft, reset=True)
+            start, projections_total, elapsed = 1, 0, 0.0
+        else:
+            optimizer.load_state_dict(resume["optimizer"])
+            schedule.load_state_dict(resume["schedule"])
+            torch_rng, cuda_rng = self._pending_rng
+            torch.set_rng_state(torch_rng)
+            if cuda_rng and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(cuda_rng)
+            losses.update({t: list(v) for t, v in resume["losses"].items()})
+            start = resume["step"] + 1
+            projections_total, elapsed = resume["projections"], resume["seconds"]
+        self.model.train()
+        began = time.perf_counter() - elapsed
+        for step in range(start, stage.steps + 1):
             step_began, step_cpu = time.perf_counter(), time.process_time()
             grads, row = {}, {"stage": stage.name, "step": step, "lr": schedule.get_last_lr()[0]}
             aux_total = 0.0
@@ -291,6 +317,24 @@ class Trainer:
                     "stage %s step %d/%d: %s", stage.name, step, stage.steps,
                     ", ".join(f"{t} {row[f'loss_{t}']:.4f}" for t in stage.tasks),
                 )  # fmt: skip
+            global_step = first_global + step
+            if checkpoints is not None and checkpoints.due(global_step):
+                checkpoints.save(
+                    global_step,
+                    self.state_dict(
+                        {
+                            "index": index,
+                            "step": step,
+                            "optimizer": optimizer.state_dict(),
+                            "schedule": schedule.state_dict(),
+                            "losses": dict(losses),
+                            "projections": projections_total,
+                            "seconds": time.perf_counter() - began,
+                        }
+                    ),
+                )
+            if on_step is not None:
+                on_step(global_step)
         seconds = time.perf_counter() - began
         for usage in expert_usage(self.model.peft, reset=True):
             self.expert_usage.append({"stage": stage.name, **usage})
@@ -306,6 +350,59 @@ class Trainer:
         }
         self.stage_stats.append(stats)
         return stats
+
+    # ---------------------------------------------------------------- checkpoints
+    def state_dict(self, stage: dict[str, Any]) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit for bit: trainable weights, the
+        in-progress stage (optimizer, schedule, step), every random state, the samplers'
+        positions, the MoE usage counters and the diagnostics rows so far."""
+        from .adapters import moe_layers
+
+        state = {
+            "params": [p.detach().cpu().clone() for p in self.groups.params],
+            "stage": stage,
+            "stages_done": list(self.stage_stats),
+            "samplers": {t: s.state_dict() for t, s in self.samplers.items()},
+            "pcgrad_generator": self.pcgrad_generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "usage": {
+                name: {
+                    task: {k: v.detach().cpu().clone() for k, v in entry.items()}
+                    for task, entry in layer.usage.get("default", {}).items()
+                }
+                for name, layer in moe_layers(self.model.peft)
+            },
+            "train_log": list(self.train_log),
+            "grad_cosine": list(self.grad_cosine),
+            "expert_usage": list(self.expert_usage),
+        }
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from .adapters import moe_layers
+
+        with torch.no_grad():
+            for param, saved in zip(self.groups.params, state["params"], strict=True):
+                if param.shape != saved.shape:
+                    raise ValueError("checkpoint does not match the model's trainable parameters")
+                param.copy_(saved.to(param.device, param.dtype))
+        self.stage_stats = list(state["stages_done"])
+        for task, sampler in self.samplers.items():
+            sampler.load_state_dict(state["samplers"][task])
+        self.pcgrad_generator.set_state(state["pcgrad_generator"])
+        # Restored by run_stage once the stage's optimizer and schedule exist, i.e. at the
+        # point of the uninterrupted run where the checkpoint was taken.
+        self._pending_rng = (state["torch_rng"], state["cuda_rng"])
+        for name, layer in moe_layers(self.model.peft):
+            saved = state["usage"].get(name, {})
+            layer.usage["default"] = {
+                task: {k: v.to(self.device) for k, v in entry.items()}
+                for task, entry in saved.items()
+            }
+        self.train_log = list(state["train_log"])
+        self.grad_cosine = list(state["grad_cosine"])
+        self.expert_usage = list(state["expert_usage"])
 
     def summary(self) -> dict[str, Any]:
         from .adapters import moe_layers
@@ -336,10 +433,103 @@ class Trainer:
         return out
 
 
+class Checkpoints:
+    """Resumable checkpoints of one training run in ``folder``.
+
+    ``run.json`` says which run they belong to (the spec, the samples' sha256 and the base
+    model); a folder of a different run is cleared, with a warning, before training starts.
+    ``step-<global step>.pt`` holds :meth:`Trainer.state_dict`; it is written to a temporary
+    name and renamed, and only then is the previous one deleted, so a job killed at any moment
+    leaves one complete checkpoint behind. They are loaded with ``weights_only=True``.
+    """
+
+    def __init__(self, folder: str | os.PathLike, run: dict[str, Any], every: int | None):
+        self.folder = Path(folder)
+        self.run = run
+        self.every = every
+
+    def _files(self) -> list[Path]:
+        found = self.folder.glob("step-*.pt") if self.folder.is_dir() else []
+        return sorted(p for p in found if p.stem[5:].isdigit())
+
+    def due(self, global_step: int) -> bool:
+        return bool(self.every) and global_step % self.every == 0
+
+    def latest(self) -> dict[str, Any] | None:
+        """The newest checkpoint's state if it belongs to this run; else clear the folder."""
+        run_file = self.folder / "run.json"
+        previous = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
+        for partial in self.folder.glob(".step-*.partial") if self.folder.is_dir() else []:
+            partial.unlink()  # a save the job was killed in
+        files = self._files()
+        if previous != self.run:
+            if files:
+                log.warning(
+                    "%s holds checkpoints of a different run (spec, data or base model "
+                    "changed); deleting them and starting from scratch", self.folder,
+                )  # fmt: skip
+            for path in files:
+                path.unlink()
+            if self.every:
+                self.folder.mkdir(parents=True, exist_ok=True)
+                write_json_atomic(run_file, self.run)
+            return None
+        if not files:
+            return None
+        try:
+            state = torch.load(files[-1], map_location="cpu", weights_only=True)
+        except Exception as err:  # truncated by a crash of the machine, or not ours
+            log.warning("%s is unreadable (%s); starting from scratch", files[-1], err)
+            files[-1].unlink()
+            return None
+        log.info("resuming from %s", files[-1])
+        return state
+
+    def save(self, global_step: int, state: dict[str, Any]) -> None:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        path = self.folder / f"step-{global_step:08d}.pt"
+        partial = path.with_name(f".{path.name}.partial")
+        with open(partial, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(partial, path)
+        for older in self._files():
+            if older != path:
+                older.unlink()
+        log.info("checkpoint %s", path)
+
+    def clear(self) -> None:
+        """Remove the checkpoints once the model is saved (a forced rerun then trains anew)."""
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def _layer_of(name: str) -> int:
     from .adapters import _layer_index
 
     return _layer_index(name)
+
+
+def _run_identity(
+    spec: DecoderSpec, samples_parquet, queries_parquet, corpus_parquet, base_model_dir
+) -> dict[str, Any]:
+    """What decides a run's weights: checkpoints of anything else are not resumed from."""
+    from irflow.io import sha256_file, sha256_folder
+
+    from .checkpoint import base_identity
+
+    raw = json.loads(json.dumps(spec.raw, sort_keys=True, default=str))
+    raw["training"].pop("checkpoint_every_steps", None)  # where checkpoints fall, not weights
+    base = base_identity(base_model_dir)
+    if base.get("path"):
+        base["sha256"] = sha256_folder(base["path"])  # the weights, not just config.json
+    return {
+        "spec": raw,
+        "inputs_sha256": [
+            sha256_file(p) for p in (samples_parquet, queries_parquet, corpus_parquet)
+        ],
+        "base": base,
+    }
 
 
 def _mean_aux(values: list) -> torch.Tensor | None:
@@ -356,8 +546,15 @@ def train_unified(
     out_dir: str | os.PathLike,
     diagnostics_dir: str | os.PathLike,
     device: str | None = None,
+    checkpoint_dir: str | os.PathLike | None = None,
+    on_step=None,
 ) -> dict[str, Any]:
     """Train one arm and write its model folder and diagnostics folder (both atomically).
+
+    With ``checkpoint_dir`` and ``training.checkpoint_every_steps``, a resumable checkpoint is
+    saved every that many optimizer steps (:class:`Checkpoints`), and a rerun of the same run
+    continues from the latest one; on CPU its final model equals an uninterrupted run's bit for
+    bit. ``on_step(global_step)``: called after every step (tests).
 
     ``spec_dict``: see :mod:`.spec` (validated before anything is loaded). ``samples_parquet``:
     a scores file (:data:`irflow.training_data.teacher.SCORES_SCHEMA`); ``queries_parquet``:
@@ -388,8 +585,27 @@ def train_unified(
             else:  # older transformers
                 base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         trainer = Trainer(model, spec, data, device)
-        for stage in spec.training.stages:
-            trainer.run_stage(stage)
+        checkpoints = None
+        resume = None
+        if checkpoint_dir is not None:
+            checkpoints = Checkpoints(
+                checkpoint_dir,
+                _run_identity(
+                    spec, samples_parquet, queries_parquet, corpus_parquet, base_model_dir
+                ),
+                spec.training.checkpoint_every_steps,
+            )
+            resume = checkpoints.latest()
+        first = 0
+        resumed_from = None
+        if resume is not None:
+            trainer.load_state_dict(resume)
+            first = resume["stage"]["index"]
+            resumed_from = sum(s.steps for s in spec.training.stages[:first])
+            resumed_from += resume["stage"]["step"]
+        for index in range(first, len(spec.training.stages)):
+            stage_resume = resume["stage"] if resume is not None and index == first else None
+            trainer.run_stage(index, checkpoints, stage_resume, on_step)
     model.eval()
     trainable = sum(p.numel() for p in trainer.groups.params)
     total = sum(p.numel() for p in model.parameters())
@@ -404,6 +620,7 @@ def train_unified(
             or getattr(base, "is_gradient_checkpointing", False)
         ),
         "stages": trainer.stage_stats,
+        "resumed_from_step": resumed_from,
         "examples": {t: s.drawn for t, s in trainer.samplers.items()},
         "tokens": model.describe(),
     }
@@ -417,5 +634,7 @@ def train_unified(
         trainer.expert_usage,
         trainer.summary(),
     )
+    if checkpoints is not None:
+        checkpoints.clear()
     log.info("trained %s in %.1f s", out_dir, stats["seconds"])
     return stats
