@@ -355,6 +355,9 @@ def test_report_in_headless_chromium(built_report):
     assert packages["snakemake"] and packages["torch"]
     artifacts = {r["artifact"]: r for r in dom.rows("artifacts-table")}
     assert artifacts["results/runs/tiny/first-stage/bm25.trec"]["verified"] == "yes"
+    sources = {r["source file"]: r for r in dom.rows("sources-table")}
+    assert any(path.endswith("qrels/test.tsv") for path in sources), sorted(sources)
+    assert all(len(r["sha256"]) == 16 for r in sources.values())
     (plot,) = [f for f in dom.figures if f["kind"] == "baseline-delta"]
     assert plot["svg_elements"] > 10 and "rerank/bm25/tiny-st" in plot["caption"]
 

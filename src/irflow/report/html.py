@@ -316,6 +316,17 @@ def provenance_section(inputs: ReportInputs) -> dict | None:
         ],
         columns=["artifact", "rule", "size", "sha256", "verified"],
     )
+    sources = pd.DataFrame(
+        [
+            {
+                "source file": src["path"],
+                "size": src.get("size"),
+                "sha256": (src.get("sha256") or "")[:16],
+            }
+            for src in manifest.get("sources", [])
+        ],
+        columns=["source file", "size", "sha256"],
+    )
     packages = pd.DataFrame(
         [{"package": k, "version": ", ".join(v)} for k, v in summary.get("packages", {}).items()],
         columns=["package", "version"],
@@ -337,6 +348,7 @@ def provenance_section(inputs: ReportInputs) -> dict | None:
         "images": table(pd.DataFrame(images, columns=["declared", "runtime"]).drop_duplicates()),
         "configured_images": inputs.config.get("containers", {}),
         "artifacts": table(artifacts),
+        "sources": table(sources),
         "packages": table(packages),
         "stale": manifest.get("stale", []),
         "unrecorded": manifest.get("unrecorded", []),
