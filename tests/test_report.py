@@ -19,7 +19,7 @@ from report_fixtures import tiny_beir, tiny_bi_encoder, tiny_config
 from workflow_helpers import REPO, offline_env, snakemake
 
 from irflow.report import cost
-from irflow.report.html import ReportInputs, render
+from irflow.report.html import ReportInputs, render, training_data_tables
 
 TEMPLATE = REPO / "reports" / "templates" / "report.html.j2"
 
@@ -218,6 +218,24 @@ def test_report_with_only_a_baseline_table(tmp_path):
     ):
         assert note in html
     assert dom.figures == []
+
+
+def test_training_data_is_one_table_per_stage_with_its_own_columns():
+    frame = pd.DataFrame(
+        [
+            {"stage": "queries", "artifact": "q", "selected_queries": 3, "miner": None},
+            {"stage": "negatives", "artifact": "n1", "miner": "bm25", "negatives": 7},
+            {"stage": "negatives", "artifact": "n2", "miner": "dense", "negatives": 5},
+        ]
+    )
+    parts = training_data_tables(frame)
+    assert [p["stage"] for p in parts] == ["queries", "negatives"]
+    assert parts[0]["table"]["columns"] == ["artifact", "selected_queries"]
+    assert parts[1]["table"]["columns"] == ["artifact", "miner", "negatives"]
+    assert [[c["text"] for c in row] for row in parts[1]["table"]["rows"]] == [
+        ["n1", "bm25", "7"],
+        ["n2", "dense", "5"],
+    ]
 
 
 def test_report_renders_studies_deltas_and_curves(tmp_path):

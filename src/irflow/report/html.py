@@ -276,6 +276,18 @@ def decoder_plot_figures(inputs: ReportInputs) -> list[dict]:
     return figures
 
 
+def training_data_tables(frame: pd.DataFrame) -> list[dict]:
+    """The training-data table split by stage (queries, negatives, teacher scores, filtered),
+    each with only its own columns: one wide table would be mostly empty cells."""
+    if "stage" not in frame.columns:
+        return [{"stage": "", "table": table(frame)}]
+    out = []
+    for stage, rows in frame.groupby("stage", sort=False):
+        rows = rows.drop(columns="stage").dropna(axis=1, how="all")
+        out.append({"stage": str(stage), "table": table(rows)})
+    return out
+
+
 def reproduction_section(inputs: ReportInputs) -> dict | None:
     if not _exists(inputs.reproduction):
         return None
@@ -383,7 +395,7 @@ def render(inputs: ReportInputs, template: str | os.PathLike = DEFAULT_TEMPLATE)
         "studies": study_sections(inputs),
         "curves": curve_plots(inputs),
         "decoder_plots": decoder_plot_figures(inputs),
-        "training_data": table(training) if training is not None else None,
+        "training_data": training_data_tables(training) if training is not None else None,
         "cost": cost_section(inputs),
         "provenance": provenance_section(inputs),
         "config_yaml": yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
