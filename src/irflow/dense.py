@@ -46,7 +46,7 @@ def encode_corpus(
     write_corpus_embeddings(
         corpus_parquet,
         out_dir,
-        embedding_dimension(model),
+        lambda: embedding_dimension(model),
         lambda texts: _encode(model, texts, batch_size, None, batch_tokens),
         chunk,
     )
@@ -55,18 +55,19 @@ def encode_corpus(
 def write_corpus_embeddings(
     corpus_parquet: str,
     out_dir: str,
-    dim: int,
+    dimension: Callable[[], int],
     encode: Callable[[list[str]], np.ndarray],
     chunk: int = 20_000,
 ) -> None:
     """Write ``embeddings.npy`` (float32, memory-mapped) and ``doc_ids.json`` into ``out_dir``
     (an atomic folder), reading the corpus ``chunk`` documents at a time, so memory stays flat
-    whatever the corpus size. ``encode`` maps document texts to a ``(n, dim)`` array."""
+    whatever the corpus size. ``encode`` maps document texts to a ``(n, dimension())`` array;
+    the corpus file is checked before the model is asked anything."""
     parquet = open_parquet(corpus_parquet)
     total = parquet.metadata.num_rows
     with atomic_output(out_dir, directory=True) as tmp:
         matrix = np.lib.format.open_memmap(
-            tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dim)
+            tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dimension())
         )
         doc_ids: list[str] = []
         offset = 0
@@ -150,17 +151,24 @@ def dense_retrieve(
     dim: int | None = None,
 ) -> dict[str, dict[str, float]]:
     """Top-``k`` documents of each query by cosine (``dim``: Matryoshka truncation)."""
+    doc_emb, doc_ids = load_embeddings(emb_dir)  # a bad folder fails before any encoding
     qids = sorted(queries)
     query_emb = _encode(model, [queries[q] for q in qids], batch_size, query_prompt, batch_tokens)
-    return search_embeddings(emb_dir, qids, query_emb, k, dim)
+    return search_embeddings(emb_dir, doc_emb, doc_ids, qids, query_emb, k, dim)
 
 
 def search_embeddings(
-    emb_dir: str, qids: list[str], query_emb: np.ndarray, k: int, dim: int | None = None
+    emb_dir: str,
+    doc_emb: np.ndarray,
+    doc_ids: list[str],
+    qids: list[str],
+    query_emb: np.ndarray,
+    k: int,
+    dim: int | None = None,
 ) -> dict[str, dict[str, float]]:
-    """Exact top-``k`` of each query (row ``i`` of ``query_emb`` is ``qids[i]``) over an
-    :func:`encode_corpus` folder, as ``{query_id: {doc_id: score}}``."""
-    doc_emb, doc_ids = load_embeddings(emb_dir)
+    """Exact top-``k`` of each query (row ``i`` of ``query_emb`` is ``qids[i]``) over the
+    embeddings of an :func:`encode_corpus` folder (``emb_dir``, from :func:`load_embeddings`),
+    as ``{query_id: {doc_id: score}}``."""
     if query_emb.shape[1] != doc_emb.shape[1]:
         raise InputError(
             f"{emb_dir}: corpus embeddings have dimension {doc_emb.shape[1]}, the query model "

@@ -15,7 +15,7 @@ reproduces its run file exactly on the same machine and device.
 from __future__ import annotations
 
 from irflow.decoder.model import DEFAULT_MAX_BATCH
-from irflow.dense import search_embeddings, write_corpus_embeddings
+from irflow.dense import load_embeddings, search_embeddings, write_corpus_embeddings
 from irflow.reranking import rerank_by_embeddings, rerank_by_pairs
 
 
@@ -31,7 +31,7 @@ def encode_corpus(
     write_corpus_embeddings(
         corpus_parquet,
         out_dir,
-        model.lm_head.in_features,
+        lambda: model.lm_head.in_features,
         lambda texts: model.encode(texts, "document", batch_tokens, max_batch),
         chunk,
     )
@@ -46,9 +46,10 @@ def dense_retrieve(
     max_batch: int = DEFAULT_MAX_BATCH,
 ) -> dict[str, dict[str, float]]:
     """Exact top-``k`` cosine retrieval over :func:`encode_corpus`'s embeddings."""
+    doc_emb, doc_ids = load_embeddings(emb_dir)  # a bad folder fails before any encoding
     qids = sorted(queries)
     query_emb = model.encode([queries[q] for q in qids], "query", batch_tokens, max_batch)
-    return search_embeddings(emb_dir, qids, query_emb, k)
+    return search_embeddings(emb_dir, doc_emb, doc_ids, qids, query_emb, k)
 
 
 def cosine_rerank(
