@@ -366,3 +366,32 @@ def test_changed_parameter_reruns_only_downstream_and_records_follow(workflow_ru
     assert by_name["index"]["sha256"] == index["outputs"][0]["sha256"]
     run = results / "runs/tiny/first-stage/bm25.trec"
     assert retrieve["outputs"][0]["sha256"] == _sha(run)
+
+
+def test_manifest_tells_a_changed_output_from_a_deleted_one(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    outputs = {"changed": Path("results/a.txt"), "deleted": Path("results/b.txt")}
+    for name, path in outputs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(name)
+        record = {
+            "schema": provenance.SCHEMA,
+            "rule": f"make_{name}",
+            "wildcards": {},
+            "params": {},
+            "inputs": [],
+            "outputs": [provenance.describe_path(path)],
+            "python": {"version": "3.11"},
+            "device": {"cpu": "x", "gpus": []},
+            "ended": "2026-11-24T00:00:00",
+        }
+        record_file = Path("results/provenance") / f"make_{name}" / "job.json"
+        record_file.parent.mkdir(parents=True)
+        record_file.write_text(json.dumps(record))
+    outputs["changed"].write_text("edited by hand")
+    outputs["deleted"].unlink()
+
+    manifest = provenance.collect_manifest([str(p) for p in outputs.values()], "results/provenance")
+    assert manifest["stale"] == ["results/a.txt"]
+    assert manifest["missing"] == ["results/b.txt"]
+    assert "results/b.txt` | make_deleted | 7 | " in provenance.manifest_markdown(manifest)

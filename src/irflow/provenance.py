@@ -473,7 +473,8 @@ def collect_manifest(
     """The records of the jobs that produced ``targets`` and, transitively, their inputs.
 
     With ``verify`` every recorded output digest is compared with the file as it is now; a
-    difference marks the record stale (the file changed after the job that recorded it).
+    difference marks the record stale (the file changed after the job that recorded it); an
+    output that no longer exists is listed as missing instead.
     Inputs no job produced are listed as sources when they lie outside the results folder
     (source data such as a BEIR folder's files, with the digest the consuming job recorded) and
     as unrecorded when inside it (built before records existed, or by hand).
@@ -528,6 +529,7 @@ def collect_manifest(
             if verify:
                 now = describe_path(output["path"])
                 entry["verified"] = now["sha256"] == output["sha256"]
+                entry["missing"] = now["kind"] == "missing"
             artifacts.append(entry)
     artifacts.sort(key=lambda a: a["path"])
 
@@ -555,7 +557,11 @@ def collect_manifest(
         "artifacts": artifacts,
         "unrecorded": sorted(unrecorded),
         "sources": [sources[path] for path in sorted(sources)],
-        "stale": [a["path"] for a in artifacts if a.get("verified") is False],
+        "stale": [
+            a["path"] for a in artifacts if a.get("verified") is False and not a.get("missing")
+        ],
+        # Recorded outputs deleted since (e.g. a killed rerun's): rebuild them to restore them.
+        "missing": [a["path"] for a in artifacts if a.get("missing")],
         "jobs": [
             {
                 "record": str(file),
@@ -606,6 +612,7 @@ def manifest_markdown(manifest: Mapping) -> str:
         f"- seeds: {', '.join(map(str, summary['seeds']))}",
         f"- devices: {'; '.join(_device_text(d) for d in summary['devices'])}",
         f"- stale records: {len(manifest['stale'])}",
+        f"- recorded outputs now missing: {len(manifest.get('missing', []))}",
         f"- paths without a record: {len(manifest['unrecorded'])}",
         f"- source files read: {len(manifest.get('sources', []))}",
         "",
@@ -613,7 +620,11 @@ def manifest_markdown(manifest: Mapping) -> str:
         "|---|---|---:|---|",
     ]
     for artifact in manifest["artifacts"]:
-        mark = "" if artifact.get("verified", True) else " (STALE)"
+        mark = ""
+        if artifact.get("missing"):
+            mark = " (MISSING)"
+        elif not artifact.get("verified", True):
+            mark = " (STALE)"
         lines.append(
             f"| `{artifact['path']}` | {artifact['rule']} | {artifact['size']} | "
             f"`{(artifact['sha256'] or '')[:16]}`{mark} |"

@@ -322,7 +322,9 @@ def provenance_section(inputs: ReportInputs) -> dict | None:
                 "rule": a["rule"],
                 "size": a.get("size"),
                 "sha256": (a.get("sha256") or "")[:16],
-                "verified": {True: "yes", False: "STALE"}.get(a.get("verified"), ""),
+                "verified": "MISSING"
+                if a.get("missing")
+                else {True: "yes", False: "STALE"}.get(a.get("verified"), ""),
             }
             for a in manifest.get("artifacts", [])
         ],
@@ -363,6 +365,7 @@ def provenance_section(inputs: ReportInputs) -> dict | None:
         "sources": table(sources),
         "packages": table(packages),
         "stale": manifest.get("stale", []),
+        "missing": manifest.get("missing", []),
         "unrecorded": manifest.get("unrecorded", []),
         "jobs": len(manifest.get("jobs", [])),
     }
