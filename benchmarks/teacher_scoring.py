@@ -401,6 +401,16 @@ def markdown(report: dict[str, Any]) -> str:
                 f"{[round(x) for x in peaks[:4]]} MB, last four {[round(x) for x in peaks[-4:]]} "
                 f"MB, max {max(peaks):.0f} MB."
             )
+        if len(peaks) >= 16:
+            # Whether memory grows with the pairs scored: the mean and max chunk peak per quarter
+            # of the run (a plateau after the allocator's warm-up means it does not).
+            quarter = len(peaks) // 4
+            parts = [peaks[i * quarter : (i + 1) * quarter] for i in range(4)]
+            lines.append(
+                "Chunk peaks by quarter of the run (mean / max MB): "
+                + ", ".join(f"{sum(q) / len(q):.0f} / {max(q):.0f}" for q in parts)
+                + "."
+            )
     lines += [
         "",
         "Samples are 16 pairs (one query, 16 of its BM25 candidates). These runs use chunks "
