@@ -263,10 +263,11 @@ class Trainer:
         else:
             optimizer.load_state_dict(resume["optimizer"])
             schedule.load_state_dict(resume["schedule"])
-            torch_rng, cuda_rng = self._pending_rng
-            torch.set_rng_state(torch_rng)
-            if cuda_rng and torch.cuda.is_available():
-                torch.cuda.set_rng_state_all(cuda_rng)
+            # Here, once the stage's optimizer and schedule exist: the point of the
+            # uninterrupted run where the checkpoint was taken.
+            torch.set_rng_state(resume["torch_rng"])
+            if resume["cuda_rng"] and torch.cuda.is_available():
+                torch.cuda.set_rng_state_all(resume["cuda_rng"])
             losses.update({t: list(v) for t, v in resume["losses"].items()})
             start = resume["step"] + 1
             projections_total, elapsed = resume["projections"], resume["seconds"]
@@ -325,6 +326,7 @@ class Trainer:
                         {
                             "index": index,
                             "step": step,
+                            "global_step": global_step,
                             "optimizer": optimizer.state_dict(),
                             "schedule": schedule.state_dict(),
                             "losses": dict(losses),
@@ -360,12 +362,14 @@ class Trainer:
 
         state = {
             "params": [p.detach().cpu().clone() for p in self.groups.params],
-            "stage": stage,
+            "stage": {
+                **stage,  # the in-progress stage, with the RNG states (restored by run_stage)
+                "torch_rng": torch.get_rng_state(),
+                "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            },
             "stages_done": list(self.stage_stats),
             "samplers": {t: s.state_dict() for t, s in self.samplers.items()},
             "pcgrad_generator": self.pcgrad_generator.get_state(),
-            "torch_rng": torch.get_rng_state(),
-            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
             "usage": {
                 name: {
                     task: {k: v.detach().cpu().clone() for k, v in entry.items()}
@@ -391,9 +395,6 @@ class Trainer:
         for task, sampler in self.samplers.items():
             sampler.load_state_dict(state["samplers"][task])
         self.pcgrad_generator.set_state(state["pcgrad_generator"])
-        # Restored by run_stage once the stage's optimizer and schedule exist, i.e. at the
-        # point of the uninterrupted run where the checkpoint was taken.
-        self._pending_rng = (state["torch_rng"], state["cuda_rng"])
         for name, layer in moe_layers(self.model.peft):
             saved = state["usage"].get(name, {})
             layer.usage["default"] = {
@@ -601,8 +602,7 @@ def train_unified(
         if resume is not None:
             trainer.load_state_dict(resume)
             first = resume["stage"]["index"]
-            resumed_from = sum(s.steps for s in spec.training.stages[:first])
-            resumed_from += resume["stage"]["step"]
+            resumed_from = resume["stage"]["global_step"]
         for index in range(first, len(spec.training.stages)):
             stage_resume = resume["stage"] if resume is not None and index == first else None
             trainer.run_stage(index, checkpoints, stage_resume, on_step)
