@@ -82,18 +82,6 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def sha256_folder(folder: str | os.PathLike) -> str:
-    """One sha256 over every file below ``folder`` (relative names and contents, sorted)."""
-    folder = Path(folder)
-    digest = hashlib.sha256()
-    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
-        digest.update(str(path.relative_to(folder)).encode() + b"\0")
-        with open(path, "rb") as handle:
-            while block := handle.read(1 << 20):
-                digest.update(block)
-    return digest.hexdigest()
-
-
 # --------------------------------------------------------------------------------------------
 # TREC run files: "qid Q0 docid rank score tag", whitespace separated.
 # --------------------------------------------------------------------------------------------

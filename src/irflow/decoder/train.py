@@ -515,7 +515,8 @@ def _run_identity(
     spec: DecoderSpec, samples_parquet, queries_parquet, corpus_parquet, base_model_dir
 ) -> dict[str, Any]:
     """What decides a run's weights: checkpoints of anything else are not resumed from."""
-    from irflow.io import sha256_file, sha256_folder
+    from irflow.io import sha256_file
+    from irflow.provenance import directory_digest
 
     from .checkpoint import base_identity
 
@@ -523,7 +524,7 @@ def _run_identity(
     raw["training"].pop("checkpoint_every_steps", None)  # where checkpoints fall, not weights
     base = base_identity(base_model_dir)
     if base.get("path"):
-        base["sha256"] = sha256_folder(base["path"])  # the weights, not just config.json
+        base["sha256"] = directory_digest(base["path"])[0]  # the weights, not just config.json
     return {
         "spec": raw,
         "inputs_sha256": [

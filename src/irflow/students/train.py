@@ -50,7 +50,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from irflow.io import atomic_output, sha256_folder, write_json_atomic, write_text_atomic
+from irflow.io import atomic_output, write_json_atomic, write_text_atomic
+from irflow.provenance import directory_digest
 from irflow.students.data import (
     EpochSeededBatchSampler,
     TrainingSamples,
@@ -444,7 +445,7 @@ def train_student(
         "kind": kind,
         "spec": spec.describe(),
         "samples_sha256": _hash_samples(samples),
-        "init_sha256": sha256_folder(init_dir),
+        "init_sha256": directory_digest(init_dir)[0],
     }
     scratch = None
     if checkpoint_dir is not None:
