@@ -12,6 +12,8 @@ import pytest
 from irflow.io import (
     InputError,
     atomic_output,
+    check_id,
+    qrels_format,
     ranked,
     read_qrels,
     read_run_dict,
@@ -134,8 +136,11 @@ def test_read_qrels_beir_tsv_without_header(tmp_path):
         ("q1 0 d3 high", "relevance label 'high' is not an integer"),
         ("q1 0 d3 1.0", "relevance label '1.0' is not an integer"),
         ("q1 0 d1 0", "document 'd1' judged twice for query 'q1'"),
-        # A BEIR header that is not on line 1 is data, and bad data.
-        ("query-id\tcorpus-id\tscore", "'score' is not an integer"),
+        # A BEIR header in a TREC file is data, and bad data.
+        ("query-id\tcorpus-id\tscore", "got 3 columns"),
+        # A TREC file stays TREC: a tab-separated 3-column line is not re-read as BEIR.
+        ("q1\td3\t1", "expected 4 whitespace-separated columns"),
+        ("q1 0 d3 +", "relevance label '+' is not an integer"),
     ],
 )
 def test_read_qrels_errors_name_file_and_line(tmp_path, bad_line, fragment):
@@ -155,6 +160,103 @@ def test_read_qrels_missing_file(tmp_path):
     path = tmp_path / "nope.tsv"
     message = _error(read_qrels, path)
     assert str(path) in message and "not found" in message
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "fragment"),
+    [
+        # The case: a spaced id in a BEIR TSV is refused, never re-read as 4 TREC columns.
+        ("q1\tdoc 7\t1", "document id 'doc 7' contains whitespace"),
+        ("q 1\td7\t1", "query id 'q 1' contains whitespace"),
+        ("q1\t\t1", "document id '' is empty"),
+        ("q1\td7\t1\textra", "expected 3 tab-separated columns"),
+        ("q1 0 d7 1", "got 1 columns"),  # a TREC line in a BEIR file
+        ("q1\td7", "got 2 columns"),
+        ("q1\td7\t1.0", "relevance label '1.0' is not an integer"),
+        ("q1\td7\t 1", "relevance label ' 1' is not an integer"),
+        ("q1\td1\t0", "document 'd1' judged twice for query 'q1'"),
+        ("query-id\tcorpus-id\tscore", "relevance label 'score' is not an integer"),
+    ],
+)
+def test_read_beir_qrels_every_line_matches_the_format(tmp_path, bad_line, fragment):
+    path = _write(
+        tmp_path / "test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n\n" + bad_line + "\n"
+    )
+    message = _error(read_qrels, path)
+    assert message.startswith(f"{path}:4: ")
+    assert fragment in message
+
+
+def test_read_qrels_headerless_beir_line_with_spaced_id_is_refused(tmp_path):
+    # Three tab-separated fields on the first line make the file BEIR; its space is an error.
+    path = _write(tmp_path / "test.tsv", "q1\tdoc 7\t1\n")
+    message = _error(read_qrels, path)
+    assert message.startswith(f"{path}:1: ") and "'doc 7' contains whitespace" in message
+
+
+def test_read_qrels_explicit_format(tmp_path):
+    beir = _write(tmp_path / "test.tsv", "query-id\tcorpus-id\tscore\nq1\td1\t1\n")
+    assert read_qrels(beir, format="beir") == {"q1": {"d1": 1}}
+    message = _error(lambda p: read_qrels(p, format="trec"), beir)
+    assert message.startswith(f"{beir}:1: ") and "expected 4 whitespace-separated" in message
+    trec = _write(tmp_path / "q.txt", "q1 0 d1 1\n")
+    assert read_qrels(trec, format="trec") == {"q1": {"d1": 1}}
+    message = _error(lambda p: read_qrels(p, format="beir"), trec)
+    assert message.startswith(f"{trec}:1: ") and "expected 3 tab-separated" in message
+    with pytest.raises(ValueError, match="not one of"):
+        read_qrels(trec, format="csv")
+
+
+def test_qrels_format_is_decided_from_the_first_line(tmp_path):
+    assert qrels_format(_write(tmp_path / "a", "query-id\tcorpus-id\tscore\n")) == "beir"
+    assert qrels_format(_write(tmp_path / "b", "\nq1\td1\t1\n")) == "beir"
+    assert qrels_format(_write(tmp_path / "c", "q1 0 d1 1\nq1\td2\t1\n")) == "trec"
+    assert qrels_format(_write(tmp_path / "d", "q1\t0\td1\t1\n")) == "trec"
+
+
+@pytest.mark.parametrize(
+    ("bad_line", "fragment"),
+    [
+        ("q1 Q0 d3 one 0.5 tag", "rank 'one' is not an integer"),
+        ("q1 Q0 d3 1.5 0.5 tag", "rank '1.5' is not an integer"),
+        ("q1\tQ0\tdoc 3\t3\t0.5\ttag", "got 7"),  # a spaced id never passes as 6 columns
+    ],
+)
+def test_read_trec_run_rank_and_spaced_ids(tmp_path, bad_line, fragment):
+    path = _write(tmp_path / "run.trec", GOOD_RUN + bad_line + "\n")
+    message = _error(read_trec_run, path)
+    assert message.startswith(f"{path}:3: ") and fragment in message
+
+
+@pytest.mark.parametrize(
+    ("run", "tag", "fragment"),
+    [
+        ({"q1": {"doc 1": 1.0}}, "t", "document id (query 'q1') 'doc 1' contains whitespace"),
+        ({"q\t1": {"d1": 1.0}}, "t", "query id 'q\\t1' contains whitespace"),
+        ({"q1": {"d\n1": 1.0}}, "t", "contains whitespace ('\\n')"),
+        ({"": {"d1": 1.0}}, "t", "query id '' is empty"),
+        ({"q1": {"d1": 1.0}}, "my tag", "run tag 'my tag' contains whitespace"),
+    ],
+)
+def test_write_trec_run_refuses_ids_with_whitespace(tmp_path, run, tag, fragment):
+    path = tmp_path / "run.trec"
+    with pytest.raises(InputError) as info:
+        write_trec_run(path, run, tag=tag)
+    assert str(info.value).startswith(f"{path}: ") and fragment in str(info.value)
+    assert os.listdir(tmp_path) == []
+
+
+def test_write_trec_qrels_refuses_ids_with_whitespace(tmp_path):
+    with pytest.raises(InputError, match="'doc 1' contains whitespace"):
+        write_trec_qrels(tmp_path / "q.txt", {"q1": {"doc 1": 1}})
+    assert os.listdir(tmp_path) == []
+
+
+@pytest.mark.parametrize("value", ["a b", "a\tb", "a\nb", "a\u00a0b", "a\u2003b", ""])
+def test_check_id_refuses_every_kind_of_whitespace(value):
+    with pytest.raises(InputError, match=r"^f\.txt:3: doc id "):
+        check_id(value, "doc id", "f.txt:3")
+    assert check_id("d-1_é", "doc id", "f.txt:3") == "d-1_é"
 
 
 def test_write_trec_qrels_round_trip(tmp_path):

@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
@@ -83,6 +84,34 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 
 
 # --------------------------------------------------------------------------------------------
+# Identifiers: the text formats below are whitespace separated, so an id must not contain any.
+# --------------------------------------------------------------------------------------------
+def whitespace_problem(value: str) -> str | None:
+    """Why ``value`` cannot be a query or document id (empty, or containing whitespace), or
+    None when it can."""
+    if not value:
+        return "is empty"
+    for char in value:
+        if char.isspace():
+            return f"contains whitespace ({char!r})"
+    return None
+
+
+def check_id(value, what: str, where: str) -> str:
+    """``value`` if it is a usable id, else :class:`InputError` ``"<where>: <what> <value> ..."``
+    (``where`` names the file and line, or the dataset and record)."""
+    if not isinstance(value, str):
+        raise InputError(f"{where}: {what} {value!r} is not a string")
+    problem = whitespace_problem(value)
+    if problem:
+        raise InputError(
+            f"{where}: {what} {value!r} {problem}; ids must be non-empty and free of whitespace "
+            f"(TREC run and qrels files are whitespace separated)"
+        )
+    return value
+
+
+# --------------------------------------------------------------------------------------------
 # TREC run files: "qid Q0 docid rank score tag", whitespace separated.
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -90,6 +119,9 @@ class RunRow:
     query_id: str
     doc_id: str
     score: float
+
+
+_INTEGER = re.compile(r"[+-]?[0-9]+")
 
 
 def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
@@ -106,8 +138,10 @@ def _text_lines(path: Path) -> Iterator[tuple[int, str]]:
 def read_trec_run(path: str | os.PathLike) -> Iterator[RunRow]:
     """Yield the rows of a 6-column TREC run, validating each line.
 
-    Raises :class:`InputError` naming the file and line for a wrong column count, a
-    non-numeric or non-finite score, or a (query, doc) pair listed twice.
+    The format is fixed: every non-blank line is exactly ``qid Q0 docid rank score tag``
+    (whitespace separated), the rank an integer and the score a finite number. Raises
+    :class:`InputError` naming the file and line for anything else, and for a (query, doc)
+    pair listed twice.
     """
     path = Path(path)
     seen: set[tuple[str, str]] = set()
@@ -120,7 +154,9 @@ def read_trec_run(path: str | os.PathLike) -> Iterator[RunRow]:
                 f"{path}:{number}: expected 6 columns 'qid Q0 docid rank score tag', "
                 f"got {len(cols)}: {line.rstrip()!r}"
             )
-        qid, _, docid, _, score_text, _ = cols
+        qid, _, docid, rank_text, score_text, _ = cols
+        if not _INTEGER.fullmatch(rank_text):
+            raise InputError(f"{path}:{number}: rank {rank_text!r} is not an integer")
         try:
             score = float(score_text)
         except ValueError:
@@ -154,12 +190,17 @@ def write_trec_run(
     """Write a run atomically; queries sorted by id, documents in trec_eval order.
 
     Scores are written with ``repr`` precision so rereading gives the same floats and the
-    same ranking.
+    same ranking. An id or tag that is empty or contains whitespace, or a non-finite score, is
+    refused (:class:`InputError`) and nothing is written: :func:`read_trec_run` reads back
+    exactly what this writes.
     """
+    check_id(tag, "run tag", str(path))
     items = run.items() if isinstance(run, dict) else run
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for qid, docs in sorted(items, key=lambda item: item[0]):
+            check_id(qid, "query id", str(path))
             for rank, (docid, score) in enumerate(ranked(docs)[:depth], start=1):
+                check_id(docid, f"document id (query {qid!r})", str(path))
                 if not math.isfinite(score):
                     raise InputError(f"{path}: score {score} for query {qid!r}, document {docid!r}")
                 out.write(f"{qid} Q0 {docid} {rank} {float(score)!r} {tag}\n")
@@ -168,33 +209,79 @@ def write_trec_run(
 # --------------------------------------------------------------------------------------------
 # Qrels: TREC "qid iter docid label" or BEIR "query-id<TAB>corpus-id<TAB>score" with header.
 # --------------------------------------------------------------------------------------------
-def read_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
-    """Read TREC (4 columns) or BEIR TSV (3 columns after a header) qrels, validating each line."""
+QRELS_FORMATS = ("trec", "beir")
+BEIR_QRELS_HEADER = ("query-id", "corpus-id")
+
+
+def _line_body(line: str) -> str:
+    return line.rstrip("\r\n")
+
+
+def _is_beir_header(line: str) -> bool:
+    return tuple(_line_body(line).split("\t")[:2]) == BEIR_QRELS_HEADER
+
+
+def qrels_format(path: str | os.PathLike) -> str:
+    """The format of a qrels file, decided once from its first non-blank line: ``beir`` for
+    BEIR's header ``query-id<TAB>corpus-id<TAB>score`` or a line of exactly three tab-separated
+    fields, ``trec`` otherwise (``qid iter docid label``)."""
     path = Path(path)
+    for _, line in _text_lines(path):
+        if not line.strip():
+            continue
+        if _is_beir_header(line) or len(_line_body(line).split("\t")) == 3:
+            return "beir"
+        return "trec"
+    return "trec"
+
+
+def read_qrels(path: str | os.PathLike, format: str | None = None) -> dict[str, dict[str, int]]:
+    """Read qrels in one format, validating every line against it.
+
+    ``format`` is ``"trec"`` (``qid iter docid label``, whitespace separated) or ``"beir"``
+    (``query-id<TAB>corpus-id<TAB>score``, tab separated, optional header on the first
+    non-blank line); None decides it once with :func:`qrels_format`. Every line must then
+    match that format exactly (column count, integer label, ids free of whitespace), or
+    :class:`InputError` names the file and line; so does a document judged twice for a query.
+    """
+    path = Path(path)
+    if format is None:
+        format = qrels_format(path)
+    if format not in QRELS_FORMATS:
+        raise ValueError(f"qrels format {format!r} is not one of {list(QRELS_FORMATS)}")
     qrels: dict[str, dict[str, int]] = {}
+    first = True
     for number, line in _text_lines(path):
         if not line.strip():
             continue
-        cols = line.split()
-        if number == 1 and cols[:2] == ["query-id", "corpus-id"]:
-            continue
-        if len(cols) == 4:
-            qid, _, docid, label = cols
-        elif len(cols) == 3:
+        where = f"{path}:{number}"
+        if format == "beir":
+            if first and _is_beir_header(line):
+                first = False
+                continue
+            cols = _line_body(line).split("\t")
+            if len(cols) != 3:
+                raise InputError(
+                    f"{where}: expected 3 tab-separated columns 'query-id<TAB>corpus-id<TAB>"
+                    f"score' (BEIR qrels), got {len(cols)} columns: {line.rstrip()!r}"
+                )
             qid, docid, label = cols
+            check_id(qid, "query id", where)
+            check_id(docid, "document id", where)
         else:
-            raise InputError(
-                f"{path}:{number}: expected 'qid 0 docid label' or 'qid<TAB>docid<TAB>label', "
-                f"got {len(cols)} columns: {line.rstrip()!r}"
-            )
-        try:
-            value = int(label)
-        except ValueError:
-            raise InputError(
-                f"{path}:{number}: relevance label {label!r} is not an integer"
-            ) from None
+            cols = line.split()
+            if len(cols) != 4:
+                raise InputError(
+                    f"{where}: expected 4 whitespace-separated columns 'qid iter docid label' "
+                    f"(TREC qrels), got {len(cols)} columns: {line.rstrip()!r}"
+                )
+            qid, _, docid, label = cols
+        first = False
+        if not _INTEGER.fullmatch(label):
+            raise InputError(f"{where}: relevance label {label!r} is not an integer")
+        value = int(label)
         if docid in qrels.get(qid, {}):
-            raise InputError(f"{path}:{number}: document {docid!r} judged twice for query {qid!r}")
+            raise InputError(f"{where}: document {docid!r} judged twice for query {qid!r}")
         qrels.setdefault(qid, {})[docid] = value
     if not qrels:
         raise InputError(f"{path}: no relevance judgements")
@@ -202,7 +289,10 @@ def read_qrels(path: str | os.PathLike) -> dict[str, dict[str, int]]:
 
 
 def write_trec_qrels(path: str | os.PathLike, qrels: dict[str, dict[str, int]]) -> None:
+    """Write TREC qrels atomically (``qid 0 docid label``); ids with whitespace are refused."""
     with atomic_output(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         for qid in sorted(qrels):
+            check_id(qid, "query id", str(path))
             for docid in sorted(qrels[qid]):
-                out.write(f"{qid} 0 {docid} {qrels[qid][docid]}\n")
+                check_id(docid, f"document id (query {qid!r})", str(path))
+                out.write(f"{qid} 0 {docid} {int(qrels[qid][docid])}\n")
