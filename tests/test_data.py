@@ -342,9 +342,164 @@ def test_empty_doc_id(tmp_path):
     folder = make_beir(tmp_path / "beir", corpus=corpus)
     out = tmp_path / "out"
     o = outputs(out)
-    with pytest.raises(InputError, match="document #2 has an empty id"):
+    with pytest.raises(InputError) as info:
         write_corpus(source(folder), o["corpus"], o["corpus_manifest"])
+    assert str(info.value).startswith(f"{folder / 'corpus.jsonl'}:2: document id '' is empty")
     assert_empty(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Ids with whitespace are refused at preparation, naming the file and line (or the record)
+# ---------------------------------------------------------------------------------------------
+SPACES = [" ", "\t", "\n", "\r", "\u00a0", "\u2003"]
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_doc_id_with_whitespace_names_file_and_line(tmp_path, space):
+    # After a full batch, so the refusal also cleans up mid-stream.
+    corpus = [*CORPUS, {"_id": f"doc{space}7", "text": "spaced"}]
+    folder = make_beir(tmp_path / "beir", corpus=corpus)
+    out = tmp_path / "out"
+    o = outputs(out)
+    with pytest.raises(InputError) as info:
+        write_corpus(source(folder), o["corpus"], o["corpus_manifest"], batch=2)
+    assert str(info.value).startswith(
+        f"{folder / 'corpus.jsonl'}:5: document id {f'doc{space}7'!r} contains whitespace"
+    )
+    assert_empty(out)
+
+
+@pytest.mark.parametrize("space", SPACES)
+def test_query_id_with_whitespace_names_file_and_line(tmp_path, space):
+    # An unjudged query is refused too: every id is checked, not only the kept ones.
+    queries = [*QUERIES[:2], {"_id": f"q{space}9", "text": "unjudged"}, QUERIES[2]]
+    folder = make_beir(tmp_path / "beir", queries=queries)
+    out = tmp_path / "out"
+    o = outputs(out)
+    with pytest.raises(InputError) as info:
+        write_topics(source(folder), o["queries"], o["qrels"], o["topics_manifest"])
+    assert str(info.value).startswith(
+        f"{folder / 'queries.jsonl'}:3: query id {f'q{space}9'!r} contains whitespace"
+    )
+    assert_empty(out)
+
+
+@pytest.mark.parametrize(
+    ("line", "fragment"),
+    [
+        ("q3\td 11\t1", "document id 'd 11' contains whitespace"),
+        ("q 3\td11\t1", "query id 'q 3' contains whitespace"),
+        ("q3\td11\u00a0\t1", "document id 'd11\\xa0' contains whitespace"),
+    ],
+)
+def test_qrels_id_with_whitespace_names_file_and_line(tmp_path, line, fragment):
+    folder = make_beir(tmp_path / "beir", qrels=QRELS_TSV + line + "\n")
+    out = tmp_path / "out"
+    o = outputs(out)
+    with pytest.raises(InputError) as info:
+        write_topics(source(folder), o["queries"], o["qrels"], o["topics_manifest"])
+    assert str(info.value).startswith(f"{folder / 'qrels' / 'test.tsv'}:6: {fragment}")
+    assert_empty(out)
+
+
+def test_candidate_with_spaced_doc_id_names_file_and_line(tmp_path):
+    folder = make_beir(tmp_path / "beir", run=RUN_TREC + "q3 Q0 d 8 3 1.0 bm25\n")
+    out = tmp_path / "out"
+    with pytest.raises(InputError) as info:
+        write_candidates(source(folder, candidates="runs/bm25.trec"), outputs(out)["run"])
+    assert str(info.value).startswith(f"{folder / 'runs' / 'bm25.trec'}:5: expected 6 columns")
+    assert_empty(out)
+
+
+def _register_ir_dataset(dataset_id: str, docs=(), queries=(), qrels=(), scored=()):
+    """Register an in-memory ir_datasets dataset under ``dataset_id`` (records as tuples)."""
+    import ir_datasets
+    from ir_datasets.datasets.base import Dataset
+    from ir_datasets.formats import BaseDocs, BaseQrels, BaseQueries, BaseScoredDocs
+    from ir_datasets.formats.base import GenericDoc, GenericQuery, GenericScoredDoc
+    from ir_datasets.formats.trec import TrecQrel
+
+    class Docs(BaseDocs):
+        def docs_iter(self):
+            return (GenericDoc(*d) for d in docs)
+
+        def docs_cls(self):
+            return GenericDoc
+
+    class Queries(BaseQueries):
+        def queries_iter(self):
+            return (GenericQuery(*q) for q in queries)
+
+        def queries_cls(self):
+            return GenericQuery
+
+    class Qrels(BaseQrels):
+        def qrels_iter(self):
+            return (TrecQrel(q, d, label, "0") for q, d, label in qrels)
+
+        def qrels_cls(self):
+            return TrecQrel
+
+        def qrels_defs(self):
+            return {}
+
+    class Scored(BaseScoredDocs):
+        def scoreddocs_iter(self):
+            return (GenericScoredDoc(*row) for row in scored)
+
+        def scoreddocs_cls(self):
+            return GenericScoredDoc
+
+    if dataset_id not in list(ir_datasets.registry):
+        ir_datasets.registry.register(dataset_id, Dataset(Docs(), Queries(), Qrels(), Scored()))
+    return DatasetSource(name="spaced", ir_datasets_id=dataset_id)
+
+
+GOOD_DOCS = [("d1", "one"), ("d2", "two")]
+GOOD_QUERIES = [("q1", "what"), ("q2", "who")]
+GOOD_QRELS = [("q1", "d1", 1), ("q2", "d2", 0)]
+GOOD_SCORED = [("q1", "d1", 2.0), ("q1", "d2", 1.0)]
+
+
+@pytest.mark.parametrize(
+    ("part", "records", "fragment"),
+    [
+        ("docs", [*GOOD_DOCS, ("d 3", "three")], "corpus record #3: document id 'd 3'"),
+        ("queries", [("q\t0", "x"), *GOOD_QUERIES], "queries record #1: query id 'q\\t0'"),
+        ("qrels", [*GOOD_QRELS, ("q1", "d\n2", 0)], "qrels record #3: document id 'd\\n2'"),
+        ("qrels", [("q 1", "d1", 0), *GOOD_QRELS], "qrels record #1: query id 'q 1'"),
+        ("scored", [("q1", "d 9", 0.5)], "candidates record #1: document id 'd 9'"),
+        ("scored", [*GOOD_SCORED, ("q 2", "d1", 0.5)], "candidates record #3: query id 'q 2'"),
+    ],
+)
+def test_ir_datasets_ids_with_whitespace_name_dataset_and_record(tmp_path, part, records, fragment):
+    parts = {"docs": GOOD_DOCS, "queries": GOOD_QUERIES, "qrels": GOOD_QRELS, "scored": GOOD_SCORED}
+    parts[part] = records
+    digest = hashlib.sha256(repr(sorted(parts.items())).encode()).hexdigest()[:12]
+    src = _register_ir_dataset(f"irflow-test/spaced/{digest}", **parts)
+    out = tmp_path / "out"
+    o = outputs(out)
+    with pytest.raises(InputError) as info:
+        if part == "docs":
+            write_corpus(src, o["corpus"], o["corpus_manifest"])
+        elif part == "scored":
+            write_candidates(src, o["run"])
+        else:
+            write_topics(src, o["queries"], o["qrels"], o["topics_manifest"])
+    message = str(info.value)
+    assert message.startswith(f"dataset 'spaced' (ir_datasets 'irflow-test/spaced/{digest}') ")
+    assert fragment in message and "contains whitespace" in message
+    assert_empty(out)
+
+
+def test_ir_datasets_good_ids_pass(tmp_path):
+    src = _register_ir_dataset("irflow-test/good", GOOD_DOCS, GOOD_QUERIES, GOOD_QRELS, GOOD_SCORED)
+    o = outputs(tmp_path / "out")
+    write_corpus(src, o["corpus"], o["corpus_manifest"])
+    write_topics(src, o["queries"], o["qrels"], o["topics_manifest"])
+    write_candidates(src, o["run"])
+    assert read_qrels(o["qrels"]) == {"q1": {"d1": 1}, "q2": {"d2": 0}}
+    assert read_run_dict(o["run"]) == {"q1": {"d1": 2.0, "d2": 1.0}}
 
 
 @pytest.mark.parametrize("corpus", ["", "\n  \n"])

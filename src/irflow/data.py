@@ -25,10 +25,12 @@ import pyarrow.parquet as pq
 from irflow.io import (
     InputError,
     atomic_output,
+    check_id,
     open_parquet,
     read_qrels,
     read_trec_run,
     sha256_file,
+    whitespace_problem,
     write_json_atomic,
     write_trec_qrels,
     write_trec_run,
@@ -55,7 +57,17 @@ class LocalQuery(NamedTuple):
         return self.text
 
 
-def _jsonl_records(path: Path, required: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+def _check_ids(source: DatasetSource, part: str, number: int, **ids: str) -> None:
+    """Refuse an empty id or one with whitespace in record ``number`` of ``part``; the
+    location is only spelled out for a bad id (corpora have millions of records)."""
+    for what, value in ids.items():
+        if not isinstance(value, str) or whitespace_problem(value):
+            check_id(value, what.replace("_", " "), source.record(part, number))
+
+
+def _jsonl_records(path: Path, required: tuple[str, ...], id_what: str) -> Iterator[dict[str, Any]]:
+    """The JSON objects of a JSONL file, each with its string fields ``required``; the ``_id``
+    must be a usable id (non-empty, no whitespace). Errors name the file and line."""
     if not path.is_file():
         raise InputError(f"{path}: file not found")
     with open(path, "rb") as handle:
@@ -77,6 +89,7 @@ def _jsonl_records(path: Path, required: tuple[str, ...]) -> Iterator[dict[str, 
                     raise InputError(f"{path}:{number}: field {key!r} missing or not a string")
             if record.get("title") is not None and not isinstance(record["title"], str):
                 raise InputError(f"{path}:{number}: field 'title' is not a string")
+            check_id(record["_id"], id_what, f"{path}:{number}")
             yield record
 
 
@@ -93,7 +106,7 @@ def _local_classes():
             self._path = path
 
         def docs_iter(self):
-            for record in _jsonl_records(self._path, ("_id", "text")):
+            for record in _jsonl_records(self._path, ("_id", "text"), "document id"):
                 yield LocalDoc(record["_id"], record["text"], record.get("title") or "")
 
         def docs_cls(self):
@@ -113,7 +126,7 @@ def _local_classes():
             self._path = path
 
         def queries_iter(self):
-            for record in _jsonl_records(self._path, ("_id", "text")):
+            for record in _jsonl_records(self._path, ("_id", "text"), "query id"):
                 yield LocalQuery(record["_id"], record["text"])
 
         def queries_cls(self):
@@ -218,6 +231,17 @@ class DatasetSource:
             return str(Path(self.beir_folder) / (self.candidates or ""))
         return str(Path(self.beir_folder) / f"{part}.jsonl")
 
+    def record(self, part: str, number: int) -> str:
+        """For messages: record ``number`` (1-based) of ``part`` (corpus, queries, qrels,
+        candidates), in the local file or the ir_datasets dataset."""
+        if not self.beir_folder:
+            where = f"ir_datasets {self.ir_datasets_id!r}"
+        elif part == "qrels":
+            where = str(Path(self.beir_folder) / "qrels" / f"{self.split}.tsv")
+        else:
+            where = self.where(part)
+        return f"dataset {self.name!r} ({where}) {part} record #{number}"
+
     def source_files(self) -> list[Path]:
         """Local files this source reads (for checksums); empty for ir_datasets ids."""
         if not self.beir_folder:
@@ -242,7 +266,8 @@ def _doc_fields(doc) -> tuple[str, str]:
 
 
 def write_corpus(source: DatasetSource, out_parquet: str, manifest_path: str, batch: int = 50_000):
-    """Stream the corpus into Parquet (doc_id, title, text); refuse duplicate or empty ids."""
+    """Stream the corpus into Parquet (doc_id, title, text); refuse duplicate or empty ids and
+    ids containing whitespace."""
     dataset = source.load()
     if not dataset.has_docs():
         raise InputError(f"dataset {source.name!r}: its source has no documents")
@@ -254,10 +279,7 @@ def write_corpus(source: DatasetSource, out_parquet: str, manifest_path: str, ba
         try:
             columns: dict[str, list[str]] = {"doc_id": [], "title": [], "text": []}
             for doc in dataset.docs_iter():
-                if not doc.doc_id:
-                    raise InputError(
-                        f"dataset {source.name!r}: document #{count + 1} has an empty id"
-                    )
+                _check_ids(source, "corpus", count + 1, document_id=doc.doc_id)
                 if doc.doc_id in seen:
                     raise InputError(
                         f"dataset {source.name!r}: duplicate document id {doc.doc_id!r} "
@@ -297,17 +319,20 @@ def write_topics(
 ) -> None:
     """Write the judged queries (Parquet) and qrels (TREC) of one dataset split.
 
-    Only queries with judgements are kept (as BEIR and ir_datasets do for a split); a judged
+    Every query and judgement id is checked (non-empty, no whitespace), judged or not. Only
+    queries with judgements are kept (as BEIR and ir_datasets do for a split); a judged
     query without text is an error naming the query.
     """
     dataset = source.load()
     qrels: dict[str, dict[str, int]] = {}
-    for qrel in dataset.qrels_iter():
+    for number, qrel in enumerate(dataset.qrels_iter(), start=1):
+        _check_ids(source, "qrels", number, query_id=qrel.query_id, document_id=qrel.doc_id)
         qrels.setdefault(qrel.query_id, {})[qrel.doc_id] = int(qrel.relevance)
     if not qrels:
         raise InputError(f"dataset {source.name!r}: no relevance judgements")
     texts: dict[str, str] = {}
     for number, query in enumerate(dataset.queries_iter(), start=1):
+        _check_ids(source, "queries", number, query_id=query.query_id)
         text = getattr(query, "text", None)
         if text is None:
             text = query.default_text()
@@ -360,7 +385,8 @@ def write_candidates(source: DatasetSource, out_run: str, depth: int | None = No
             f"or use an ir_datasets id with scoreddocs"
         )
     run: dict[str, dict[str, float]] = {}
-    for row in dataset.scoreddocs_iter():
+    for number, row in enumerate(dataset.scoreddocs_iter(), start=1):
+        _check_ids(source, "candidates", number, query_id=row.query_id, document_id=row.doc_id)
         run.setdefault(row.query_id, {})[row.doc_id] = float(row.score)
     if not run:
         raise InputError(

@@ -86,15 +86,17 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
 # --------------------------------------------------------------------------------------------
 # Identifiers: the text formats below are whitespace separated, so an id must not contain any.
 # --------------------------------------------------------------------------------------------
+_WHITESPACE = re.compile(r"\s")
+
+
 def whitespace_problem(value: str) -> str | None:
     """Why ``value`` cannot be a query or document id (empty, or containing whitespace), or
     None when it can."""
     if not value:
         return "is empty"
-    for char in value:
-        if char.isspace():
-            return f"contains whitespace ({char!r})"
-    return None
+    # Python's \s is str.isspace, the set str.split() splits on: what the readers would split.
+    found = _WHITESPACE.search(value)
+    return f"contains whitespace ({found.group()!r})" if found else None
 
 
 def check_id(value, what: str, where: str) -> str:
