@@ -64,6 +64,6 @@ rule given_candidates:
         **resources_for("given_candidates"),
     params:
         source=lambda wildcards: dataset_entry(wildcards.dataset),
-        depth=lambda wildcards: config["retrievers"][wildcards.retriever]["depth"],
+        depth=lambda wildcards: settings("retrievers", wildcards.retriever)["depth"],
     script:
         "../workflow_scripts/given_candidates.py"

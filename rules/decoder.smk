@@ -56,11 +56,15 @@ rule train_unified:
     threads: threads_for("train_unified")
     resources:
         **resources_for("train_unified"),
+        # Where checkpoints fall does not change the weights: a resource, not a param.
+        checkpoint_every_steps=lambda wildcards: PLAN.checkpoint_every_steps(
+            "decoders", wildcards.arm
+        ),
     params:
         # Everything that decides the weights (a rerun trigger), and nothing else.
         spec=lambda wildcards: decoder_spec(wildcards.arm),
         base=lambda wildcards: decoder_base_entry(wildcards.arm),
-        data=lambda wildcards: config["decoders"][wildcards.arm]["data"],
+        data=lambda wildcards: settings("decoders", wildcards.arm)["data"],
         # Outside the declared outputs, so that a killed job's checkpoints survive for the
         # rerun to resume from (training.checkpoint_every_steps).
         checkpoints=lambda wildcards: f"{RESULTS}/checkpoints/decoders/{wildcards.arm}",
@@ -108,7 +112,7 @@ rule decoder_encode_corpus:
         **resources_for("decoder_encode_corpus"),
     params:
         base=lambda wildcards: decoder_base_entry(wildcards.arm),
-        inference=lambda wildcards: config["decoders"][wildcards.arm]["inference"],
+        inference=lambda wildcards: settings("decoders", wildcards.arm)["inference"],
     script:
         "../workflow_scripts/decoder_encode_corpus.py"
 
@@ -133,7 +137,7 @@ rule decoder_dense_retrieve:
         **resources_for("decoder_dense_retrieve"),
     params:
         base=lambda wildcards: decoder_base_entry(wildcards.arm),
-        inference=lambda wildcards: config["decoders"][wildcards.arm]["inference"],
+        inference=lambda wildcards: settings("decoders", wildcards.arm)["inference"],
         depth=decoder_depth("dense"),
     script:
         "../workflow_scripts/decoder_dense_retrieve.py"
@@ -160,7 +164,7 @@ rule decoder_cosine_rerank:
         **resources_for("decoder_cosine_rerank"),
     params:
         base=lambda wildcards: decoder_base_entry(wildcards.arm),
-        inference=lambda wildcards: config["decoders"][wildcards.arm]["inference"],
+        inference=lambda wildcards: settings("decoders", wildcards.arm)["inference"],
         depth=decoder_depth("cosine"),
     script:
         "../workflow_scripts/decoder_cosine_rerank.py"
@@ -187,7 +191,7 @@ rule decoder_rerank:
         **resources_for("decoder_rerank"),
     params:
         base=lambda wildcards: decoder_base_entry(wildcards.arm),
-        inference=lambda wildcards: config["decoders"][wildcards.arm]["inference"],
+        inference=lambda wildcards: settings("decoders", wildcards.arm)["inference"],
         depth=decoder_depth("yesno"),
     script:
         "../workflow_scripts/decoder_rerank.py"
@@ -219,10 +223,10 @@ rule decoder_study_table:
         **resources_for("decoder_study_table"),
     params:
         rows=lambda wildcards: decoder_study_runs(wildcards.study),
-        spec=lambda wildcards: config["decoder_studies"][wildcards.study],
+        spec=lambda wildcards: settings("decoder_studies", wildcards.study),
         decoders=lambda wildcards: {
-            arm: config["decoders"][arm]
-            for arm in config["decoder_studies"][wildcards.study]["arms"]
+            arm: settings("decoders", arm)
+            for arm in settings("decoder_studies", wildcards.study)["arms"]
         },
     script:
         # The students' study table script: the table is the same (irflow.studies).

@@ -35,7 +35,7 @@ def gguf_name(source):
 def gguf_sources():
     """{converted name: GGUF source} over every decoder whose base is a GGUF file."""
     sources = {}
-    for arm, spec in config["decoders"].items():
+    for arm, spec in PLAN.section("decoders").items():
         base = spec["base"]
         if isinstance(base, dict) and "gguf" in base:
             name = gguf_name(base["gguf"])
@@ -51,10 +51,10 @@ def gguf_sources():
 
 def decoder_spec(arm):
     """The arm's irflow.decoder spec dict (the four sections; seed defaults to config seed)."""
-    entry = config["decoders"][arm]
+    entry = settings("decoders", arm)
     spec = {k: entry[k] for k in SPEC_SECTIONS if k in entry}
     training = dict(spec.get("training") or {})
-    training.setdefault("seed", config["seed"])
+    training.setdefault("seed", PLAN.seed)
     spec["training"] = training
     return spec
 
@@ -68,9 +68,9 @@ def parsed_decoder_spec(arm):
 
 def check_decoders():
     gguf_sources()
-    for arm, spec in config["decoders"].items():
+    for arm, spec in PLAN.section("decoders").items():
         for section in ("models", "retrievers", "rerankers"):
-            if arm in config.get(section, {}):
+            if arm in PLAN.names(section):
                 raise WorkflowError(
                     f"config: decoders.{arm}: the name is also a {section[:-1]} under "
                     f"'{section}:' (they would share run and embedding paths); rename one"
@@ -78,14 +78,17 @@ def check_decoders():
         if isinstance(spec["base"], str):
             check_reference(f"decoders.{arm}.base", "models", spec["base"])
         parsed_decoder_spec(arm)
-    check_student_data("decoders")  # rules/common.smk: the data must be built
+    try:
+        PLAN.check_decoder_training_data()  # the data must be built
+    except ConfigError as err:
+        raise WorkflowError(str(err)) from None
 
 
 def decoder_runs_of(study):
     """(arm, variant name, dataset, run, kind, retriever, depth) of a decoder study, in table
     order: per evaluation, every arm. The variant name is <arm>.<kind>, so the study table's
     variant column is the evaluation kind (irflow.studies.variant_of)."""
-    spec = config["decoder_studies"][study]
+    spec = settings("decoder_studies", study)
     rows = []
     for evaluation in spec["evaluate"]:
         kind = evaluation["kind"]
@@ -113,8 +116,8 @@ def decoder_runs_of(study):
 def check_decoder_studies():
     """Arms, datasets and retrievers exist; one depth per run file (its path has no depth)."""
     depths = {}
-    for study, spec in config["decoder_studies"].items():
-        if study in config["studies"]:
+    for study, spec in PLAN.section("decoder_studies").items():
+        if study in PLAN.section("studies"):
             raise WorkflowError(
                 f"config: decoder_studies.{study}: 'studies:' has a study of that name too "
                 f"(both write results/tables/studies/{study}.tsv); rename one"
@@ -153,7 +156,7 @@ DECODER_DEPTHS = check_decoder_studies()
 def decoder_base_entry(arm):
     """The base model as a ModelRef config entry ({name, hf_id | path, ...}): a configured
     model, an inline hub id or folder, or the converted GGUF folder."""
-    base = config["decoders"][arm]["base"]
+    base = settings("decoders", arm)["base"]
     if isinstance(base, str):
         return model_entry(base)
     if "gguf" in base:
@@ -164,7 +167,7 @@ def decoder_base_entry(arm):
 
 def decoder_base_input(wildcards):
     """The job input that produces the base model folder, if a rule produces it."""
-    base = config["decoders"][wildcards.arm]["base"]
+    base = settings("decoders", wildcards.arm)["base"]
     if isinstance(base, str):
         return model_input(base)
     if "gguf" in base:
@@ -180,7 +183,7 @@ def gguf_file_input(wildcards):
 
 
 def decoder_training_set(wildcards):
-    return config["decoders"][wildcards.arm]["data"]["training_set"]
+    return settings("decoders", wildcards.arm)["data"]["training_set"]
 
 
 def decoder_data(wildcards):
@@ -192,7 +195,7 @@ def decoder_queries(wildcards):
 
 
 def decoder_training_corpus(wildcards):
-    dataset = config["training_sets"][decoder_training_set(wildcards)]["dataset"]
+    dataset = settings("training_sets", decoder_training_set(wildcards))["dataset"]
     return f"{RESULTS}/data/corpora/{corpus_of(dataset)}/corpus.parquet"
 
 
@@ -235,7 +238,9 @@ def decoder_plot_files(arm):
 
 def decoder_report_plots():
     """{arm: {plot: svg}} of every decoder study's arms that have a heatmap (the report's)."""
-    arms = [a for spec in config["decoder_studies"].values() for a in spec["arms"]]
+    arms = [
+        a for spec in PLAN.section("decoder_studies").values() for a in spec["arms"]
+    ]
     plots = {arm: decoder_plot_files(arm) for arm in dict.fromkeys(arms)}
     return {arm: files for arm, files in plots.items() if files}
 
@@ -257,7 +262,7 @@ def decoder_targets():
     study's table and the heatmaps of its joint arms."""
     tables = [
         f"{RESULTS}/tables/studies/{study}.{ext}"
-        for study in config["decoder_studies"]
+        for study in PLAN.section("decoder_studies")
         for ext in ("tsv", "md")
     ]
     plots = [p for files in decoder_report_plots().values() for p in files.values()]

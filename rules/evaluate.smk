@@ -20,9 +20,9 @@ rule evaluate_run:
     resources:
         **resources_for("evaluate_run"),
     params:
-        rel_level=lambda wildcards: config["datasets"][wildcards.dataset]["rel_level"],
-        measures=config["evaluation"].get("measures"),
-        unjudged=config["evaluation"]["unjudged_queries"],
+        rel_level=lambda wildcards: settings("datasets", wildcards.dataset)["rel_level"],
+        measures=PLAN.section("evaluation").get("measures"),
+        unjudged=settings("evaluation", "unjudged_queries"),
     script:
         "../workflow_scripts/evaluate_run.py"
 

@@ -19,7 +19,7 @@ rule bm25_index:
     resources:
         **resources_for("bm25_index"),
     params:
-        bm25=lambda wildcards: config["retrievers"][wildcards.retriever],
+        bm25=lambda wildcards: settings("retrievers", wildcards.retriever),
     script:
         "../workflow_scripts/bm25_index.py"
 
@@ -42,7 +42,7 @@ rule bm25_retrieve:
     resources:
         **resources_for("bm25_retrieve"),
     params:
-        depth=lambda wildcards: config["retrievers"][wildcards.retriever]["depth"],
+        depth=lambda wildcards: settings("retrievers", wildcards.retriever)["depth"],
     script:
         "../workflow_scripts/bm25_retrieve.py"
 
@@ -73,7 +73,7 @@ rule dense_retrieve:
         embeddings=lambda wildcards: dense_embeddings(wildcards),
         queries=queries_parquet,
         model=lambda wildcards: model_input(
-            config["retrievers"][wildcards.retriever]["model"]
+            settings("retrievers", wildcards.retriever)["model"]
         ),
     output:
         run=f"{RESULTS}/runs/{{dataset}}/first-stage/{{retriever}}.trec",
@@ -90,9 +90,9 @@ rule dense_retrieve:
         **resources_for("dense_retrieve"),
     params:
         model=lambda wildcards: model_entry(
-            config["retrievers"][wildcards.retriever]["model"]
+            settings("retrievers", wildcards.retriever)["model"]
         ),
-        depth=lambda wildcards: config["retrievers"][wildcards.retriever]["depth"],
-        dim=lambda wildcards: config["retrievers"][wildcards.retriever].get("dim"),
+        depth=lambda wildcards: settings("retrievers", wildcards.retriever)["depth"],
+        dim=lambda wildcards: settings("retrievers", wildcards.retriever).get("dim"),
     script:
         "../workflow_scripts/dense_retrieve.py"

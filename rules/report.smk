@@ -25,7 +25,7 @@ rule reproduction_table:
         container_image("eval")
     threads: 1
     params:
-        expectations=lambda wildcards: config.get("expectations", []),
+        expectations=lambda wildcards: PLAN.get("expectations", []),
         results_dir=lambda wildcards, output: results_dir_of(
             output.tsv, "tables/reproduction.tsv"
         ),
@@ -144,7 +144,11 @@ rule report_html:
         study_specs=lambda wildcards: all_study_specs(),
         curves=lambda wildcards: curve_files(wildcards),
         decoder_plots=decoder_plots,
+        # The config as the user wrote it is read by the job from the config files (and the plan
+        # rebuilt from them): editing a description reruns nothing, and no raw config value
+        # reaches Snakemake's metadata or its --report.
+        config_sources=[str(f) for f in workflow.configfiles],
         configfiles=[str(f) for f in workflow.overwrite_configfiles or []],
-        config=lambda wildcards: config,
+        config_overrides=redacted(dict(workflow.config_settings.config)),
     script:
         "../workflow_scripts/report_html.py"

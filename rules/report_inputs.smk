@@ -25,26 +25,22 @@ def pipeline_targets():
 def configured_study_runs():
     """(arm, reranker, dataset, run) of every study (rules/students.smk) and decoder study
     (rules/decoder.smk), or none."""
-    rows = []
-    if "study_runs" in globals():
-        rows += [
-            row for study in config.get("studies", {}) for row in study_runs(study)
-        ]
-    if "decoder_study_runs" in globals():
-        for study in config.get("decoder_studies", {}):
-            rows += decoder_study_runs(study)
+    rows = [row for study in PLAN.names("studies") for row in study_runs(study)]
+    for study in PLAN.names("decoder_studies"):
+        rows += decoder_study_runs(study)
     return rows
 
 
 def all_study_specs():
     """{study: spec} of the students' studies and the decoder studies (names are distinct)."""
-    return {**config.get("studies", {}), **config.get("decoder_studies", {})}
+    return {
+        **{s: settings("studies", s) for s in PLAN.names("studies")},
+        **{s: settings("decoder_studies", s) for s in PLAN.names("decoder_studies")},
+    }
 
 
 def decoder_plots(wildcards):
     """{arm: {plot: svg}}: heatmaps of the decoder studies' joint / MoE-LoRA arms (decoder.smk)."""
-    if "decoder_report_plots" not in globals():
-        return {}
     return decoder_report_plots()
 
 
@@ -73,7 +69,7 @@ def expectation_metric_files(wildcards):
     """Metric files of the expectations whose run is configured; others are 'missing'."""
     known = set(known_runs())
     files = []
-    for exp in config.get("expectations", []):
+    for exp in PLAN.get("expectations", []):
         key = (exp["dataset"], exp["run"].strip("/"))
         if key in known:
             files.append(f"{RESULTS}/metrics/{key[0]}/{key[1]}/mean.tsv")
@@ -91,15 +87,13 @@ def study_delta_files(wildcards):
 def curve_files(wildcards):
     """Training curves of every student a study trains (arms only: variants are not trained)."""
     students = {
-        arm for spec in config.get("studies", {}).values() for arm in spec["arms"]
+        arm for spec in PLAN.section("studies").values() for arm in spec["arms"]
     }
     return {s: f"{RESULTS}/students/{s}/curves.jsonl" for s in sorted(students)}
 
 
 def training_data_table_file(wildcards):
-    return (
-        [f"{RESULTS}/tables/training-data.tsv"] if config.get("training_data") else []
-    )
+    return [f"{RESULTS}/tables/training-data.tsv"] if PLAN.get("training_data") else []
 
 
 def declared_containers(wildcards):

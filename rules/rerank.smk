@@ -7,7 +7,7 @@ rule rerank_bi_encoder:
         corpus=corpus_parquet,
         queries=queries_parquet,
         model=lambda wildcards: model_input(
-            config["rerankers"][wildcards.reranker]["model"]
+            settings("rerankers", wildcards.reranker)["model"]
         ),
     output:
         run=f"{RESULTS}/runs/{{dataset}}/rerank/{{retriever}}/{{reranker}}.trec",
@@ -24,10 +24,10 @@ rule rerank_bi_encoder:
         **resources_for("rerank_bi_encoder"),
     params:
         model=lambda wildcards: model_entry(
-            config["rerankers"][wildcards.reranker]["model"]
+            settings("rerankers", wildcards.reranker)["model"]
         ),
-        depth=lambda wildcards: config["rerankers"][wildcards.reranker]["depth"],
-        dim=lambda wildcards: config["rerankers"][wildcards.reranker].get("dim"),
+        depth=lambda wildcards: settings("rerankers", wildcards.reranker)["depth"],
+        dim=lambda wildcards: settings("rerankers", wildcards.reranker).get("dim"),
     script:
         "../workflow_scripts/rerank_bi_encoder.py"
 
@@ -38,7 +38,7 @@ rule rerank_cross_encoder:
         corpus=corpus_parquet,
         queries=queries_parquet,
         model=lambda wildcards: model_input(
-            config["rerankers"][wildcards.reranker]["model"]
+            settings("rerankers", wildcards.reranker)["model"]
         ),
     output:
         run=f"{RESULTS}/runs/{{dataset}}/rerank/{{retriever}}/{{reranker}}.trec",
@@ -55,8 +55,8 @@ rule rerank_cross_encoder:
         **resources_for("rerank_cross_encoder"),
     params:
         model=lambda wildcards: model_entry(
-            config["rerankers"][wildcards.reranker]["model"]
+            settings("rerankers", wildcards.reranker)["model"]
         ),
-        depth=lambda wildcards: config["rerankers"][wildcards.reranker]["depth"],
+        depth=lambda wildcards: settings("rerankers", wildcards.reranker)["depth"],
     script:
         "../workflow_scripts/rerank_cross_encoder.py"

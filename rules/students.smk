@@ -6,7 +6,7 @@
 
 rule init_student:
     input:
-        parent=lambda wildcards: model_input(config["inits"][wildcards.init]["from"]),
+        parent=lambda wildcards: model_input(settings("inits", wildcards.init)["from"]),
     output:
         model=directory(f"{RESULTS}/inits/{{init}}/model"),
         stats=f"{RESULTS}/inits/{{init}}/init.stats.json",
@@ -22,10 +22,10 @@ rule init_student:
     resources:
         **resources_for("init_student"),
     params:
-        parent=lambda wildcards: model_entry(config["inits"][wildcards.init]["from"]),
-        strategy=lambda wildcards: config["inits"][wildcards.init]["strategy"],
-        num_layers=lambda wildcards: config["inits"][wildcards.init].get("num_layers"),
-        layers=lambda wildcards: config["inits"][wildcards.init].get("layers"),
+        parent=lambda wildcards: model_entry(settings("inits", wildcards.init)["from"]),
+        strategy=lambda wildcards: settings("inits", wildcards.init)["strategy"],
+        num_layers=lambda wildcards: settings("inits", wildcards.init).get("num_layers"),
+        layers=lambda wildcards: settings("inits", wildcards.init).get("layers"),
     script:
         "../workflow_scripts/init_student.py"
 
@@ -51,6 +51,11 @@ rule train_student:
     threads: threads_for("train_student")
     resources:
         **resources_for("train_student"),
+        # Where checkpoints fall does not change the weights: a resource, not a param, so
+        # editing it reruns nothing.
+        checkpoint_every_steps=lambda wildcards: PLAN.checkpoint_every_steps(
+            "students", wildcards.student
+        ),
     params:
         student=student_params,
         # Outside the declared outputs, so that a killed job's checkpoints survive and the
@@ -79,12 +84,12 @@ rule untrained_student:
     params:
         # Only what decides the starting weights: changing an objective or optimizer setting
         # does not rebuild the untrained baseline.
-        kind=lambda wildcards: config["students"][wildcards.student]["kind"],
+        kind=lambda wildcards: settings("students", wildcards.student)["kind"],
         init=lambda wildcards: model_entry(
-            config["students"][wildcards.student]["init"]
+            settings("students", wildcards.student)["init"]
         ),
         seed=lambda wildcards: student_params(wildcards)["seed"],
-        max_length=lambda wildcards: config["students"][wildcards.student][
+        max_length=lambda wildcards: settings("students", wildcards.student)[
             "training"
         ].get("max_length"),
     script:
@@ -117,10 +122,10 @@ rule study_table:
         **resources_for("study_table"),
     params:
         rows=lambda wildcards: study_runs(wildcards.study),
-        spec=lambda wildcards: config["studies"][wildcards.study],
+        spec=lambda wildcards: settings("studies", wildcards.study),
         students=lambda wildcards: {
-            arm: config["students"][arm]
-            for arm in config["studies"][wildcards.study]["arms"]
+            arm: settings("students", arm)
+            for arm in settings("studies", wildcards.study)["arms"]
         },
     script:
         "../workflow_scripts/study_table.py"

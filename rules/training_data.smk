@@ -24,7 +24,7 @@ rule select_training_queries:
     params:
         training_set=lambda wildcards: selection_params(wildcards.train),
         held_out=held_out_queries,
-        seed=config["seed"],
+        seed=PLAN.seed,
     script:
         "../workflow_scripts/select_training_queries.py"
 
@@ -48,9 +48,9 @@ rule mine_negatives:
     resources:
         **resources_for("mine_negatives"),
     params:
-        miner=lambda wildcards: config["miners"][wildcards.miner],
-        training_set=lambda wildcards: config["training_sets"][wildcards.train],
-        seed=config["seed"],
+        miner=lambda wildcards: settings("miners", wildcards.miner),
+        training_set=lambda wildcards: settings("training_sets", wildcards.train),
+        seed=PLAN.seed,
     script:
         "../workflow_scripts/mine_negatives.py"
 
@@ -61,7 +61,7 @@ rule score_teacher_shard:
         queries=f"{RESULTS}/training-data/{{train}}/queries.parquet",
         corpus=training_corpus,
         model=lambda wildcards: model_input(
-            config["teachers"][wildcards.teacher]["model"]
+            settings("teachers", wildcards.teacher)["model"]
         ),
     output:
         shard=f"{RESULTS}/teacher-scores/{{train}}/{{miner}}/{{teacher}}/shard-{{shard}}-of-{{shards}}.parquet",
@@ -84,9 +84,9 @@ rule score_teacher_shard:
     resources:
         **resources_for("score_teacher_shard"),
     params:
-        teacher=lambda wildcards: config["teachers"][wildcards.teacher],
+        teacher=lambda wildcards: settings("teachers", wildcards.teacher),
         model=lambda wildcards: model_entry(
-            config["teachers"][wildcards.teacher]["model"]
+            settings("teachers", wildcards.teacher)["model"]
         ),
     script:
         "../workflow_scripts/score_teacher_shard.py"
@@ -127,7 +127,7 @@ rule consistency_filter:
     resources:
         **resources_for("consistency_filter"),
     params:
-        filter=lambda wildcards: config["filters"][wildcards.filter],
+        filter=lambda wildcards: settings("filters", wildcards.filter),
     script:
         "../workflow_scripts/consistency_filter.py"
 

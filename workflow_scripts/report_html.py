@@ -1,6 +1,7 @@
 """Rule report_html: the self-contained HTML report (tables, plots, provenance, commands)."""
 
 from irflow import job
+from irflow.plan import read_config_files
 from irflow.report.html import ReportInputs, write_report
 
 job.start(snakemake)
@@ -26,7 +27,7 @@ inputs = ReportInputs(
     reproduction=snakemake.input.reproduction,
     cost=snakemake.input.cost,
     manifest=snakemake.input.manifest,
-    config=dict(snakemake.params.config),
+    config=read_config_files(snakemake.params.config_sources, snakemake.params.config_overrides),
     configfiles=list(snakemake.params.configfiles),
 )
 write_report(inputs, snakemake.output.html, template=snakemake.input.template)

@@ -9,7 +9,13 @@ job.start(snakemake)
 configure_threads(snakemake.threads)
 student = snakemake.params.student
 try:
-    spec = StudentTrainingSpec.from_config({**student["training"], "seed": student["seed"]})
+    spec = StudentTrainingSpec.from_config(
+        {
+            **student["training"],
+            "seed": student["seed"],
+            "checkpoint_every_steps": snakemake.resources.checkpoint_every_steps or None,
+        }
+    )
 except ValueError as err:
     raise ValueError(f"config students.{snakemake.wildcards.student}.training: {err}") from None
 init = dict(student["init"])

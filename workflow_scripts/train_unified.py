@@ -10,6 +10,10 @@ job.start(snakemake)
 configure_threads(snakemake.threads)
 arm = snakemake.wildcards.arm
 spec = dict(snakemake.params.spec)
+spec["training"] = {
+    **spec["training"],
+    "checkpoint_every_steps": snakemake.resources.checkpoint_every_steps or None,
+}
 parse_spec(spec, where=f"config decoders.{arm}")  # errors name the arm's key path
 base = dict(snakemake.params.base)
 stats = train_unified(
