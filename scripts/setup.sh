@@ -27,4 +27,24 @@ if ! check=$(.venv/bin/python -m pip check 2>&1); then
   fi
 fi
 .venv/bin/python scripts/install_models.py
+# `snakemake --profile local|slurm` from the repository root: Snakemake looks for a profile name
+# in the current directory first (then ~/.config/snakemake, then /etc/xdg/snakemake), and the
+# checkout's `local` and `slurm` are symlinks to profiles/local and profiles/slurm. A checkout
+# without symlink support (git core.symlinks=false) has small text files there instead: put the
+# links back, then check that Snakemake resolves both names to this checkout's profiles.
+for name in local slurm; do
+  if [ ! -d "$name" ] || [ "$(cd "$name" && pwd -P)" != "$(cd "profiles/$name" && pwd -P)" ]; then
+    echo "restoring the symlink $name -> profiles/$name" >&2
+    rm -f "$name"
+    ln -s "profiles/$name" "$name"
+  fi
+done
+.venv/bin/python - <<'EOF'
+from pathlib import Path
+from snakemake.cli import get_profile_dir
+
+for name in ("local", "slurm"):
+    found = get_profile_dir(name)
+    assert found and found[1].resolve() == Path(f"profiles/{name}/config.yaml").resolve(), (name, found)
+EOF
 echo "set-up complete: activate with '. .venv/bin/activate'" >&2
