@@ -1,47 +1,130 @@
-"""Study tables: references, paired tests and Holm's correction against hand computations."""
+"""Study tables: references, paired tests, intervals and Holm's correction against scipy, exact
+enumeration of sign flips and hand computations."""
 
+import itertools
 import math
+import re
 
 import numpy as np
 import pandas as pd
 import pytest
+from scipy import stats
 
 from irflow.io import InputError
-from irflow.studies import build_study_table, holm, paired_p_value, plan_rows, write_study_table
+from irflow.studies import (
+    build_study_table,
+    holm,
+    paired_p_value,
+    paired_test,
+    plan_rows,
+    write_study_table,
+)
+
+# A mixed-sign case with a negative mean difference and a mid-range p: of the 2^8 = 256 sign
+# flips, exactly 128 reach |mean| >= 0.05, so the two-sided p is 0.5 (one-sided: 0.25 and 0.81).
+MIXED = np.array([-0.3, 0.1, -0.2, 0.05, -0.15, -0.1, 0.25, -0.05])
+
+
+def exact_sign_flip_p(diff: np.ndarray) -> float:
+    """Two-sided p of the mean paired difference over all 2^n sign flips."""
+    signs = np.array(list(itertools.product([-1.0, 1.0], repeat=len(diff))))
+    flipped = np.abs((signs * diff).mean(axis=1))
+    return float(np.mean(flipped >= abs(diff.mean()) - 1e-12))
 
 
 def test_holm_matches_hand_computation():
-    # p sorted: 0.01 (x3 = 0.03), 0.02 (x2 = 0.04), 0.04 (x1 = 0.04); monotone, input order kept.
+    # p sorted: 0.01 (x3 = 0.03), 0.02 (x2 = 0.04), 0.04 (x1 = 0.04); input order kept.
     assert holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
-    # A later step never lowers an earlier adjusted value, and values cap at 1.
+    # Values cap at 1, and the cap carries over to later steps.
     assert holm([0.5, 0.001, 0.6]) == pytest.approx([1.0, 0.003, 1.0])
     assert holm([]) == []
 
 
-def test_t_test_matches_formula():
+def test_holm_takes_the_running_maximum():
+    # Sorted: 0.01 x3 = 0.03; 0.03 x2 = 0.06; 0.04 x1 = 0.04, raised to the running max 0.06.
+    # Without the running maximum the largest raw p would be adjusted to 0.04 < 0.05 while a
+    # smaller one is at 0.06: a rejection that Holm's step-down procedure never makes.
+    assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    # Untested comparisons (NaN) stay NaN and leave the family: m = 2 here.
+    adjusted = holm([0.02, math.nan, 0.04])
+    assert adjusted[0] == pytest.approx(0.04) and adjusted[2] == pytest.approx(0.04)
+    assert math.isnan(adjusted[1])
+
+
+def test_t_test_matches_formula_and_scipy():
     a = np.array([0.5, 0.7, 0.2, 0.9, 0.4])
     b = np.array([0.4, 0.5, 0.3, 0.6, 0.1])
     d = a - b  # 0.1, 0.2, -0.1, 0.3, 0.3
-    t = d.mean() / (d.std(ddof=1) / math.sqrt(len(d)))
-    from scipy.stats import t as student_t
+    se = d.std(ddof=1) / math.sqrt(len(d))
+    t = d.mean() / se
+    expected = 2 * stats.t.sf(abs(t), df=len(d) - 1)
+    result = paired_test(a, b, "t-test")
+    assert result.p == pytest.approx(expected, rel=1e-12)
+    assert result.p == pytest.approx(stats.ttest_rel(a, b).pvalue, rel=1e-12)
+    # The 95 % interval of the mean difference: mean ± t(0.975, n-1) · s/√n.
+    half = stats.t.ppf(0.975, df=len(d) - 1) * se
+    assert (result.ci_low, result.ci_high) == pytest.approx((d.mean() - half, d.mean() + half))
+    assert result.delta == pytest.approx(d.mean()) and result.note == ""
 
-    expected = 2 * student_t.sf(abs(t), df=len(d) - 1)
-    assert paired_p_value(a, b, "t-test") == pytest.approx(expected, rel=1e-12)
+
+def test_randomization_is_two_sided_exact_on_small_n():
+    reference = np.full(len(MIXED), 0.5)
+    for diff in (MIXED, -MIXED):  # a negative and a positive mean difference
+        p = paired_p_value(reference + diff, reference, "randomization")
+        assert p == pytest.approx(exact_sign_flip_p(diff), abs=1e-12)
+        assert p == pytest.approx(0.5, abs=1e-12)
+        scipy_p = stats.permutation_test(
+            (reference + diff, reference),
+            lambda x, y, axis: np.mean(x - y, axis=axis),
+            permutation_type="samples",
+            vectorized=True,
+            n_resamples=np.inf,
+            alternative="two-sided",
+        ).pvalue
+        assert p == pytest.approx(scipy_p, abs=1e-12)
+    # More cases, each enumerated exactly (2^n <= 10,000 flips), with p anywhere in (0, 1].
+    rng = np.random.default_rng(7)
+    for n in (2, 3, 5, 9, 12):
+        diff = np.round(rng.normal(0.02, 0.1, size=n), 4)
+        b = rng.uniform(0.2, 0.6, size=n)
+        assert paired_p_value(b + diff, b, "randomization") == pytest.approx(
+            exact_sign_flip_p(diff), abs=1e-9
+        )
 
 
-def test_identical_runs_have_p_one_and_randomization_is_seeded():
-    a = np.array([0.1, 0.2, 0.3])
-    assert paired_p_value(a, a.copy(), "t-test") == 1.0
-    assert paired_p_value(a, a.copy(), "randomization") == 1.0
+def test_randomization_monte_carlo_is_close_to_exact_and_seeded():
+    # n = 16: 65,536 sign flips, more than the 10,000 drawn.
+    rng = np.random.default_rng(11)
+    diff = np.round(rng.normal(0.02, 0.1, size=16), 4)
+    b = rng.uniform(0.2, 0.6, size=16)
+    exact = exact_sign_flip_p(diff)
+    p = paired_p_value(b + diff, b, "randomization", seed=3)
+    assert 0.05 < exact < 0.95  # a mid-range case, not one that any test gets right
+    assert abs(p - exact) < 4 * math.sqrt(exact * (1 - exact) / 10_000)
+    assert p == paired_p_value(b + diff, b, "randomization", seed=3)
+    # Every difference positive: no random flip reaches the observed mean, and the observed
+    # assignment counts, on each side: p = 2 · 1/(N+1) > 0.
     x = np.linspace(0, 1, 30)
     y = x - 0.05 + 0.01 * np.sin(np.arange(30))
-    p1 = paired_p_value(x, y, "randomization", seed=3)
-    assert p1 == paired_p_value(x, y, "randomization", seed=3)
-    # Every difference is positive: only the observed sign pattern (and none of the random
-    # ones, with overwhelming probability) reaches the observed mean, so p = 1/(N+1).
-    assert p1 == pytest.approx(1 / 10_001)
+    assert paired_p_value(x, y, "randomization", seed=3) == pytest.approx(2 / 10_001)
     with pytest.raises(ValueError, match="allowed"):
         paired_p_value(x, y, "wilcoxon")
+
+
+@pytest.mark.parametrize("test", ["t-test", "randomization"])
+@pytest.mark.parametrize(
+    ("a", "b", "reason"),
+    [
+        ([0.7], [0.2], "one query"),
+        ([0.1, 0.2, 0.3], [0.1, 0.2, 0.3], "identical on all 3 queries"),
+        ([0.6, 0.7, 0.8, 0.9], [0.5, 0.6, 0.7, 0.8], r"same difference \(\+0.1000\) on all 4"),
+    ],
+)
+def test_degenerate_comparisons_have_no_p_value(a, b, reason, test):
+    result = paired_test(a, b, test)
+    assert math.isnan(result.p) and math.isnan(result.ci_low) and math.isnan(result.ci_high)
+    assert pytest.approx(np.mean(a) - np.mean(b)) == result.delta
+    assert re.search(reason, result.note), result.note
 
 
 def write_pq(path, values, measure="nDCG@10"):
@@ -49,6 +132,11 @@ def write_pq(path, values, measure="nDCG@10"):
         path, sep="\t", index=False
     )
     return str(path)
+
+
+BASE = np.array([0.5, 0.4, 0.6, 0.3, 0.5, 0.45])
+KD = BASE + np.array([0.2, 0.1, 0.25, 0.15, 0.3, 0.1])
+UNTRAINED = KD - np.array([0.3, 0.2, 0.35, 0.25, 0.3, 0.4])
 
 
 def test_references_and_table(tmp_path):
@@ -60,11 +148,11 @@ def test_references_and_table(tmp_path):
         ("kd", "kd.dim64", "d", "rerank/given/kd.dim64"),
     ]
     files = [
-        write_pq(tmp_path / "a.tsv", [0.5, 0.5, 0.5, 0.5]),
-        write_pq(tmp_path / "b.tsv", [0.6, 0.7, 0.6, 0.7]),
-        write_pq(tmp_path / "c.tsv", [0.1, 0.2, 0.1, 0.2]),
-        write_pq(tmp_path / "d.tsv", [0.4, 0.4, 0.4, 0.4]),
-        write_pq(tmp_path / "e.tsv", [0.4, 0.4, 0.4, 0.4]),
+        write_pq(tmp_path / "a.tsv", BASE),
+        write_pq(tmp_path / "b.tsv", KD),
+        write_pq(tmp_path / "c.tsv", UNTRAINED),
+        write_pq(tmp_path / "d.tsv", [0.4] * 6),
+        write_pq(tmp_path / "e.tsv", [0.4] * 6),
     ]
     planned = plan_rows(rows, files, baseline="base")
     refs = [r.reference for r in planned]
@@ -77,18 +165,65 @@ def test_references_and_table(tmp_path):
     ]
     assert [r.variant for r in planned] == ["trained", "trained", "untrained", "dim64", "dim64"]
     frame, deltas = build_study_table("s", planned, ["nDCG@10"], alpha=0.05)
-    kd = frame.iloc[1]
-    assert kd["nDCG@10"] == pytest.approx(0.65)
-    assert kd["nDCG@10 delta"] == pytest.approx(0.15)
-    untrained = frame.iloc[2]
-    assert untrained["nDCG@10 delta"] == pytest.approx(0.15 - 0.65)
-    # Three comparisons: kd vs base, untrained vs kd, kd.dim64 vs base.dim64 (identical: p = 1).
-    assert frame.iloc[4]["nDCG@10 p"] == 1.0
-    ps = [frame.iloc[i]["nDCG@10 p"] for i in (1, 2, 4)]
-    assert [frame.iloc[i]["nDCG@10 p_holm"] for i in (1, 2, 4)] == pytest.approx(holm(ps))
-    assert frame.iloc[4]["nDCG@10 sig"] == ""
-    assert len(deltas) == 3 * 4
+    kd, untrained, dim = frame.iloc[1], frame.iloc[2], frame.iloc[4]
+    assert kd["nDCG@10"] == pytest.approx(KD.mean())
+    assert kd["nDCG@10 delta"] == pytest.approx(0.1833333333)
+    assert untrained["nDCG@10 delta"] == pytest.approx(-0.3)
+    # kd vs base and untrained vs kd are tested; kd.dim64 vs base.dim64 (identical) is not.
+    p_kd = stats.ttest_rel(KD, BASE).pvalue
+    p_untrained = stats.ttest_rel(UNTRAINED, KD).pvalue
+    assert kd["nDCG@10 p"] == pytest.approx(p_kd, rel=1e-12)
+    assert untrained["nDCG@10 p"] == pytest.approx(p_untrained, rel=1e-12)
+    interval = stats.ttest_rel(KD, BASE).confidence_interval(0.95)
+    assert (kd["nDCG@10 ci_low"], kd["nDCG@10 ci_high"]) == pytest.approx(
+        (interval.low, interval.high)
+    )
+    # Holm over the two tested comparisons (m = 2): the smaller p doubles, the larger stays.
+    small, large = sorted([p_kd, p_untrained])
+    assert small < 0.025 and large < 0.05
+    expected_holm = [
+        2 * small if p == small else max(2 * small, large) for p in (p_kd, p_untrained)
+    ]
+    assert [kd["nDCG@10 p_holm"], untrained["nDCG@10 p_holm"]] == pytest.approx(expected_holm)
+    assert (kd["nDCG@10 sig"], untrained["nDCG@10 sig"]) == ("▲", "▼")
+    assert kd["nDCG@10 note"] == untrained["nDCG@10 note"] == ""
+    # The identical pair: no p-value, no interval, no mark, and a note saying why.
+    assert math.isnan(dim["nDCG@10 p"]) and math.isnan(dim["nDCG@10 p_holm"])
+    assert math.isnan(dim["nDCG@10 ci_low"]) and dim["nDCG@10 sig"] == ""
+    assert dim["nDCG@10 note"] == "identical on all 6 queries: no test"
+    # The baseline rows have no comparison at all.
+    assert frame.iloc[0]["nDCG@10 sig"] == "" and math.isnan(frame.iloc[0]["nDCG@10 p"])
+    assert len(deltas) == 3 * 6
     assert set(deltas["delta"].round(6)) >= {0.1, 0.2}
+
+
+def test_table_with_one_query_marks_nothing(tmp_path):
+    rows = [("a", "a", "d", "r/a"), ("b", "b", "d", "r/b")]
+    files = [write_pq(tmp_path / "a.tsv", [0.2]), write_pq(tmp_path / "b.tsv", [0.9])]
+    for test in ("t-test", "randomization"):
+        frame, _ = build_study_table("s", plan_rows(rows, files, "a"), ["nDCG@10"], test=test)
+        b = frame.iloc[1]
+        assert b["nDCG@10 delta"] == pytest.approx(0.7)
+        assert math.isnan(b["nDCG@10 p"]) and math.isnan(b["nDCG@10 p_holm"])
+        assert b["nDCG@10 sig"] == "" and b["nDCG@10 note"] == "one query: no test"
+
+
+def test_table_randomization_matches_exact_enumeration(tmp_path):
+    rows = [("a", "a", "d", "r/a"), ("b", "b", "d", "r/b")]
+    reference = np.full(len(MIXED), 0.5)
+    files = [
+        write_pq(tmp_path / "a.tsv", reference),
+        write_pq(tmp_path / "b.tsv", reference + MIXED),
+    ]
+    frame, _ = build_study_table(
+        "s", plan_rows(rows, files, "a"), ["nDCG@10"], test="randomization"
+    )
+    b = frame.iloc[1]
+    assert b["nDCG@10 p"] == pytest.approx(0.5, abs=1e-12)
+    assert b["nDCG@10 p_holm"] == pytest.approx(0.5, abs=1e-12)  # one comparison
+    assert b["nDCG@10 sig"] == "" and b["nDCG@10 delta"] == pytest.approx(-0.05)
+    with pytest.raises(ValueError, match="allowed"):
+        build_study_table("s", plan_rows(rows, files, "a"), ["nDCG@10"], test="sign")
 
 
 def test_mismatched_queries_are_refused(tmp_path):
@@ -106,17 +241,31 @@ def test_unknown_measure_names_the_file(tmp_path):
 
 
 def test_written_files(tmp_path):
-    rows = [("a", "a", "d", "r/a"), ("b", "b", "d", "r/b")]
+    rows = [("a", "a", "d", "r/a"), ("b", "b", "d", "r/b"), ("c", "c", "d", "r/c")]
     files = [
         write_pq(tmp_path / "a.tsv", [0.1, 0.2, 0.3]),
         write_pq(tmp_path / "b.tsv", [0.2, 0.4, 0.5]),
+        write_pq(tmp_path / "c.tsv", [0.2, 0.3, 0.4]),  # +0.1 on every query: not tested
     ]
-    spec = {"arms": ["a", "b"], "measures": ["nDCG@10"], "description": "toy"}
+    spec = {"arms": ["a", "b", "c"], "measures": ["nDCG@10"], "description": "toy"}
     out = tmp_path / "out"
     write_study_table(
         "toy", spec, rows, files, out / "t.tsv", out / "t.md", out / "t.per-query.tsv"
     )
     table = pd.read_csv(out / "t.tsv", sep="\t")
-    assert list(table["arm"]) == ["a", "b"]
-    assert "(+0.1667)" in (out / "t.md").read_text()
-    assert len(pd.read_csv(out / "t.per-query.tsv", sep="\t")) == 3
+    assert list(table["arm"]) == ["a", "b", "c"]
+    assert list(table.columns) == [
+        "study", "dataset", "arm", "variant", "run", "reference", "queries",
+        "nDCG@10", "nDCG@10 delta", "nDCG@10 ci_low", "nDCG@10 ci_high", "nDCG@10 p",
+        "nDCG@10 p_holm", "nDCG@10 sig", "nDCG@10 note",
+    ]  # fmt: skip
+    interval = stats.ttest_rel([0.2, 0.4, 0.5], [0.1, 0.2, 0.3]).confidence_interval(0.95)
+    assert table.loc[1, "nDCG@10 ci_low"] == pytest.approx(interval.low, rel=1e-5)
+    assert table.loc[1, "nDCG@10 ci_high"] == pytest.approx(interval.high, rel=1e-5)
+    assert pd.isna(table.loc[2, "nDCG@10 p"]) and pd.isna(table.loc[2, "nDCG@10 p_holm"])
+    assert table.loc[2, "nDCG@10 note"] == "the same difference (+0.1000) on all 3 queries: no test"
+    markdown = (out / "t.md").read_text()
+    assert f"(+0.1667)▲ [{interval.low:+.4f}, {interval.high:+.4f}] p=" in markdown
+    assert "(+0.1000) p: –" in markdown
+    assert "- d r/c nDCG@10: the same difference (+0.1000) on all 3 queries: no test" in markdown
+    assert len(pd.read_csv(out / "t.per-query.tsv", sep="\t")) == 6

@@ -9,16 +9,35 @@ untrained initialisation) on one dataset. Each row except the baseline's is comp
 * an arm's untrained initialisation against the trained arm (so its delta is negative when
   training helped).
 
-For every measure the table gives the mean, the delta (row − reference), the paired test's
-p-value and the Holm-adjusted p-value over all comparisons of that measure in the study
-(family-wise error at ``alpha``), and a mark: ``▲``/``▼`` when the adjusted p-value is below
-``alpha`` and the row is better/worse than its reference.
+For every measure the table gives the mean, the delta (row − reference: the mean of the
+per-query differences, which is the effect size), its 95 % confidence interval, the paired
+test's two-sided p-value, the Holm-adjusted p-value over all comparisons of that measure in the
+study (family-wise error at ``alpha``), a mark, and a note:
+
+* ``▲``/``▼`` when the adjusted p-value is below ``alpha`` and the row is better/worse than its
+  reference;
+* the confidence interval is Student's t interval of the mean paired difference
+  (``ttest_rel(...).confidence_interval(0.95)``: mean ± t(0.975, n−1) · s/√n), per comparison
+  and not adjusted for multiplicity; it is given whichever test decides the p-value;
+* the note says why a comparison has no p-value (then no interval and no mark either).
 
 The paired tests (over per-query values of queries judged in the qrels):
 
 * ``t-test``: Student's paired t-test (``scipy.stats.ttest_rel``, two-sided);
-* ``randomization``: a two-sided paired randomization (sign-flip) test with 10,000 permutations
-  drawn from a seeded generator (Smucker, Allan & Carterette, CIKM 2007, recommend it for IR).
+* ``randomization``: the two-sided paired randomization (sign-flip) test of the mean difference
+  (``scipy.stats.permutation_test`` with ``permutation_type='samples'``; Smucker, Allan &
+  Carterette, CIKM 2007, recommend it for IR). Up to 13 queries (2^13 ≤ 10,000) scipy
+  enumerates all 2^n sign flips, so p is exact; beyond, it draws 10,000 flips from a seeded
+  generator and counts the observed assignment, so p > 0.
+
+Degenerate comparisons get no p-value (NaN in the TSV), no interval, no mark, and leave the Holm
+family (which is the comparisons that were tested):
+
+* one query: there is no variability to test against;
+* the same values on every query (all ties): nothing to test;
+* the same nonzero difference on every query (zero variance): t is infinite and the sign-flip
+  distribution depends only on the number of queries (p = 2^(1−n)), so either p would say more
+  than the data do.
 
 Holm's step-down correction is written out here (a dozen lines): scipy offers only the
 Benjamini–Hochberg false discovery rate, and statsmodels is not a dependency.
@@ -26,6 +45,7 @@ Benjamini–Hochberg false discovery rate, and statsmodels is not a dependency.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -34,6 +54,11 @@ import pandas as pd
 from irflow.io import InputError, atomic_output
 
 PERMUTATIONS = 10_000
+CONFIDENCE = 0.95
+# Per-query measures live in [0, 1] with a handful of decimals: differences closer than this are
+# the same difference.
+TIE = 1e-12
+TESTS = ("t-test", "randomization")
 
 
 @dataclass(frozen=True)
@@ -76,38 +101,89 @@ def plan_rows(
     return planned
 
 
-def paired_p_value(a: np.ndarray, b: np.ndarray, test: str, seed: int = 0) -> float:
-    """Two-sided p-value of the paired difference ``a - b`` (see the module docstring)."""
-    diff = np.asarray(a, dtype=float) - np.asarray(b, dtype=float)
-    if diff.size == 0:
+@dataclass(frozen=True)
+class PairedTest:
+    """One paired comparison: p-value and 95 % interval of the mean difference, or a note."""
+
+    delta: float  # mean of the per-query differences (row - reference)
+    p: float  # two-sided; NaN when not tested
+    ci_low: float
+    ci_high: float
+    note: str = ""  # why there is no p-value (empty when there is one)
+
+    @property
+    def tested(self) -> bool:
+        return not math.isnan(self.p)
+
+
+def degenerate_reason(diff: np.ndarray) -> str:
+    """Why the paired differences admit no test ('' when they do; see the module docstring)."""
+    if diff.size == 1:
+        return "one query: no test"
+    if np.all(np.abs(diff) <= TIE):
+        return f"identical on all {diff.size} queries: no test"
+    if np.ptp(diff) <= TIE:
+        return f"the same difference ({diff[0]:+.4f}) on all {diff.size} queries: no test"
+    return ""
+
+
+def _mean_difference(x: np.ndarray, y: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.mean(x - y, axis=axis)
+
+
+def paired_test(a, b, test: str = "t-test", seed: int = 0) -> PairedTest:
+    """The paired comparison of ``a - b`` (see the module docstring)."""
+    if test not in TESTS:
+        raise ValueError(f"unknown paired test {test!r}; allowed: 't-test', 'randomization'")
+    a = np.asarray(a, dtype=float)
+    b = np.asarray(b, dtype=float)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"paired values need two 1-d arrays of one length ({a.shape}, {b.shape})")
+    if a.size == 0:
         raise ValueError("no paired values to test")
-    if np.allclose(diff, 0.0, atol=1e-12):
-        return 1.0
+    diff = a - b
+    delta = float(diff.mean())
+    reason = degenerate_reason(diff)
+    if reason:
+        return PairedTest(delta, math.nan, math.nan, math.nan, reason)
+    from scipy.stats import permutation_test, ttest_rel
+
+    t_result = ttest_rel(a, b)
+    interval = t_result.confidence_interval(CONFIDENCE)
     if test == "t-test":
-        from scipy.stats import ttest_rel
+        p = float(t_result.pvalue)
+    else:
+        p = float(
+            permutation_test(
+                (a, b),
+                _mean_difference,
+                permutation_type="samples",
+                vectorized=True,
+                n_resamples=PERMUTATIONS,
+                batch=1000,
+                alternative="two-sided",
+                rng=np.random.default_rng(seed),
+            ).pvalue
+        )
+    return PairedTest(delta, p, float(interval.low), float(interval.high))
 
-        if np.ptp(diff) < 1e-12:
-            # The same nonzero difference on every query: t is infinite (scipy warns and may
-            # lose precision on the zero variance).
-            return 0.0
 
-        p = float(ttest_rel(a, b).pvalue)
-        return 1.0 if np.isnan(p) else p
-    if test == "randomization":
-        rng = np.random.default_rng(seed)
-        observed = abs(diff.mean())
-        signs = rng.choice(np.array([-1.0, 1.0]), size=(PERMUTATIONS, diff.size))
-        permuted = np.abs((signs * diff).mean(axis=1))
-        # Counting the observed assignment keeps p > 0 (an exact test's p is never 0).
-        return float((np.sum(permuted >= observed - 1e-12) + 1) / (PERMUTATIONS + 1))
-    raise ValueError(f"unknown paired test {test!r}; allowed: 't-test', 'randomization'")
+def paired_p_value(a, b, test: str = "t-test", seed: int = 0) -> float:
+    """Two-sided p-value of the paired difference ``a - b``; NaN when not tested."""
+    return paired_test(a, b, test, seed).p
 
 
 def holm(p_values: list[float]) -> list[float]:
-    """Holm's step-down adjusted p-values (monotone, capped at 1), in the input order."""
-    m = len(p_values)
-    order = sorted(range(m), key=lambda i: p_values[i])
-    adjusted = [0.0] * m
+    """Holm's step-down adjusted p-values, in the input order.
+
+    The i-th smallest of m p-values is multiplied by m - i + 1, capped at 1, and raised to the
+    running maximum of the values before it (so an adjusted p-value never falls below that of
+    a smaller raw p-value). NaN entries (comparisons not tested) stay NaN and do not count in m.
+    """
+    tested = [i for i, p in enumerate(p_values) if not math.isnan(p)]
+    m = len(tested)
+    order = sorted(tested, key=lambda i: p_values[i])
+    adjusted = [math.nan] * len(p_values)
     running = 0.0
     for rank, i in enumerate(order):
         running = max(running, min(1.0, (m - rank) * p_values[i]))
@@ -130,6 +206,20 @@ def _read_per_query(path: str, measures: list[str]) -> pd.DataFrame:
     return frame[measures]
 
 
+def measure_columns(measure: str) -> list[str]:
+    """The study table's columns for one measure, in order."""
+    return [
+        measure,
+        f"{measure} delta",
+        f"{measure} ci_low",
+        f"{measure} ci_high",
+        f"{measure} p",
+        f"{measure} p_holm",
+        f"{measure} sig",
+        f"{measure} note",
+    ]
+
+
 def build_study_table(
     study: str,
     rows: list[StudyRow],
@@ -139,6 +229,8 @@ def build_study_table(
     seed: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The study table (one row per evaluated run) and the long per-query delta table."""
+    if test not in TESTS:
+        raise ValueError(f"unknown paired test {test!r}; allowed: 't-test', 'randomization'")
     values = {row.run + "@" + row.dataset: _read_per_query(row.per_query, measures) for row in rows}
     by_run = {(row.dataset, row.run): row for row in rows}
     table = []
@@ -169,10 +261,13 @@ def build_study_table(
             theirs = theirs.loc[mine.index]
             for measure in measures:
                 a, b = mine[measure].to_numpy(), theirs[measure].to_numpy()
-                record[f"{measure} delta"] = float(a.mean() - b.mean())
-                p = paired_p_value(a, b, test, seed)
-                record[f"{measure} p"] = p
-                p_raw[measure].append((i, p))
+                result = paired_test(a, b, test, seed)
+                record[f"{measure} delta"] = result.delta
+                record[f"{measure} ci_low"] = result.ci_low
+                record[f"{measure} ci_high"] = result.ci_high
+                record[f"{measure} p"] = result.p
+                record[f"{measure} note"] = result.note
+                p_raw[measure].append((i, result.p))
                 for qid, va, vb in zip(mine.index, a, b, strict=True):
                     deltas.append(
                         {
@@ -189,24 +284,21 @@ def build_study_table(
                             "delta": float(va - vb),
                         }
                     )
+        else:
+            for measure in measures:
+                record[f"{measure} sig"] = ""
+                record[f"{measure} note"] = ""
         table.append(record)
     for measure in measures:
         adjusted = holm([p for _, p in p_raw[measure]])
         for (i, _), p_adj in zip(p_raw[measure], adjusted, strict=True):
             table[i][f"{measure} p_holm"] = p_adj
             delta = table[i][f"{measure} delta"]
-            table[i][f"{measure} sig"] = (
-                ("▲" if delta > 0 else "▼") if p_adj < alpha and delta != 0 else ""
-            )
+            significant = not math.isnan(p_adj) and p_adj < alpha and delta != 0
+            table[i][f"{measure} sig"] = ("▲" if delta > 0 else "▼") if significant else ""
     columns = ["study", "dataset", "arm", "variant", "run", "reference", "queries"]
     for measure in measures:
-        columns += [
-            measure,
-            f"{measure} delta",
-            f"{measure} p",
-            f"{measure} p_holm",
-            f"{measure} sig",
-        ]
+        columns += measure_columns(measure)
     frame = pd.DataFrame(table).reindex(columns=columns)
     delta_columns = [
         "study", "dataset", "arm", "variant", "run", "reference", "query_id", "measure",
@@ -216,19 +308,23 @@ def build_study_table(
 
 
 def markdown_table(frame: pd.DataFrame, measures: list[str], study: str, spec: dict) -> str:
-    """Readable view: means with marks, deltas against the reference in parentheses."""
+    """Readable view: means with marks, deltas against the reference with their 95 % interval
+    and p-value, and the notes of comparisons that were not tested."""
     lines = [f"# Study {study}", ""]
     if spec.get("description"):
         lines += [spec["description"].strip(), ""]
     baseline = spec.get("baseline") or spec["arms"][0]
     lines += [
-        f"Baseline arm: `{baseline}`. Δ = row − reference on the same queries; "
-        f"▲/▼: {spec.get('test', 't-test')} over queries, Holm-adjusted p < "
-        f"{spec.get('alpha', 0.05)} over the study's comparisons of that measure. An untrained "
-        f"row's reference is its trained arm.",
+        f"Baseline arm: `{baseline}`. Δ = row − reference on the same queries (mean paired "
+        f"difference), [95 % t interval of Δ], p = two-sided {spec.get('test', 't-test')} over "
+        f"queries; ▲/▼: Holm-adjusted p < {spec.get('alpha', 0.05)} over the study's tested "
+        f"comparisons of that measure. An untrained row's reference is its trained arm. "
+        f"Comparisons with one query, or the same difference on every query, are not tested "
+        f"(p: –, see the notes).",
         "",
     ]
     view = []
+    notes = []
     for _, r in frame.iterrows():
         entry = {
             "dataset": r["dataset"],
@@ -240,9 +336,18 @@ def markdown_table(frame: pd.DataFrame, measures: list[str], study: str, spec: d
             cell = f"{r[m]:.4f}"
             if r["reference"]:
                 cell += f" ({r[f'{m} delta']:+.4f}){r[f'{m} sig']}"
+                if pd.isna(r[f"{m} p"]):
+                    cell += " p: –"
+                    notes.append(f"- {r['dataset']} {r['run']} {m}: {r[f'{m} note']}")
+                else:
+                    cell += (
+                        f" [{r[f'{m} ci_low']:+.4f}, {r[f'{m} ci_high']:+.4f}] p={r[f'{m} p']:.3g}"
+                    )
             entry[m] = cell
         view.append(entry)
     lines.append(pd.DataFrame(view).to_markdown(index=False))
+    if notes:
+        lines += ["", "Not tested:", "", *notes]
     return "\n".join(lines) + "\n"
 
 
