@@ -381,17 +381,18 @@ def merge_runs(shard_runs: list[str], out_run: str) -> None:
     last_qid: str | None = None
     with atomic_output(out_run) as tmp, open(tmp, "w", encoding="utf-8", newline="") as out:
         for path in shard_runs:
+            current: str | None = None  # the query of this file's previous line
             with open(path, encoding="utf-8", newline="") as shard:
                 for number, line in enumerate(shard, start=1):
                     cols = line.split(" ")
                     if len(cols) != 6 or not line.endswith("\n"):
                         raise InputError(f"{path}:{number}: not a 6-column TREC run line")
                     qid = cols[0]
-                    if qid != last_qid:
+                    if qid != current:
                         if last_qid is not None and qid <= last_qid:
                             raise InputError(
                                 f"{path}:{number}: query {qid!r} after {last_qid!r}: the shards "
                                 "must be given in order and hold disjoint queries"
                             )
-                        last_qid = qid
+                        current = last_qid = qid
                     out.write(line)
