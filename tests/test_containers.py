@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 import pytest
-from workflow_helpers import REPO, SHARED_DATA, absolute_config, snakemake
+from workflow_helpers import REPO, SHARED_DATA, absolute_config, require_data, snakemake
 
 SOCKET = Path(os.environ.get("IRFLOW_PODMAN_SOCKET", "/run/podman/podman.sock"))
 DOCKER_HOST = f"unix://{SOCKET}"
@@ -280,8 +280,7 @@ def _data_bind() -> str:
 
 @pytest.mark.slow
 def test_demo_rules_in_the_eval_container_equal_the_host_run(eval_image, tmp_path, monkeypatch):
-    if not SHARED_DATA.is_dir():
-        pytest.skip("needs ../shared/data")
+    require_data("dl19-bm25-top100")  # TARGET reads only this collection
     image = eval_image["report"]["tags"][1]  # the git-sha tag: exactly the image just built
     config = absolute_config(containers={"eval": f"docker://{image}"})
     shim_log = tmp_path / "shim.log"
@@ -358,8 +357,7 @@ def real_apptainer():
 def test_demo_rules_in_a_real_apptainer_sif_equal_the_host_run(
     real_apptainer, eval_image, tmp_path
 ):
-    if not SHARED_DATA.is_dir():
-        pytest.skip("needs ../shared/data")
+    require_data("dl19-bm25-top100")  # TARGET reads only this collection
     sif = tmp_path / "irflow-eval.sif"
     archive = eval_image["report"]["archive"]
     subprocess.run(

@@ -594,3 +594,42 @@ def test_bad_candidates(tmp_path, run, fragment):
     with pytest.raises(InputError, match=fragment):
         write_candidates(source(folder, candidates="runs/bm25.trec"), outputs(out)["run"])
     assert_empty(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# The tests' resource guard (tests/workflow_helpers.py): a skip that CI turns into a failure
+# ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flag", ["IRFLOW_REQUIRE_DATA", "IRFLOW_REQUIRE_MODELS"])
+def test_missing_resource_skips_unless_required(monkeypatch, flag):
+    import workflow_helpers
+
+    check = {
+        "IRFLOW_REQUIRE_DATA": lambda: workflow_helpers.require_data("no-such-collection"),
+        "IRFLOW_REQUIRE_MODELS": lambda: workflow_helpers.require_models("no-such-model"),
+    }[flag]
+    monkeypatch.delenv(flag, raising=False)
+    with pytest.raises(pytest.skip.Exception, match="no-such"):
+        check()
+    monkeypatch.setenv(flag, "1")
+    with pytest.raises(pytest.fail.Exception, match=f"{flag}=1 but .*no-such"):
+        check()
+    workflow_helpers.require_or_skip(True, "present", flag)  # present: neither
+
+
+def test_config_inputs_are_checked_under_their_own_flags(monkeypatch, tmp_path):
+    import workflow_helpers
+
+    config = {
+        "datasets": {
+            "a": {"beir_folder": str(workflow_helpers.SHARED_DATA / "no-such-collection")},
+            "b": {"beir_folder": str(tmp_path)},  # the test's own folder: not checked
+        },
+        "models": {"m": {"path": str(workflow_helpers.MODELS / "no-such-model")}},
+    }
+    monkeypatch.setenv("IRFLOW_REQUIRE_DATA", "1")
+    monkeypatch.delenv("IRFLOW_REQUIRE_MODELS", raising=False)
+    with pytest.raises(pytest.fail.Exception, match="no-such-collection"):
+        workflow_helpers.require_config_inputs(config)
+    del config["datasets"]["a"]
+    with pytest.raises(pytest.skip.Exception, match="no-such-model"):
+        workflow_helpers.require_config_inputs(config)

@@ -11,7 +11,7 @@ from collections import defaultdict
 
 import pandas as pd
 import pytest
-from workflow_helpers import SHARED_DATA, absolute_config, planned_jobs, snakemake
+from workflow_helpers import absolute_config, planned_jobs, require_config_inputs, snakemake
 
 CONFIG = "configs/ci-decoder.yaml"
 ARMS = ["joint-lora", "embed-only", "rerank-only", "joint-lora-pcgrad", "joint-moe"]
@@ -135,10 +135,9 @@ def tiny_llama(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def decoder_run(tmp_path_factory, tiny_llama):
-    if not SHARED_DATA.is_dir():
-        pytest.skip("needs ../shared/data")
-    workdir = tmp_path_factory.mktemp("decoder-run")
     config = ci_config(tiny_llama)
+    require_config_inputs(config)
+    workdir = tmp_path_factory.mktemp("decoder-run")
     snakemake(workdir, config, "all")
     return workdir, config
 

@@ -18,6 +18,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from test_training_data import WORDS, tiny_models  # noqa: F401  (session fixture)
+from workflow_helpers import require_data, require_models
 
 from irflow.batching import Counters, encode_texts, plan_batches, token_lengths, unique
 from irflow.data import CORPUS_SCHEMA, doc_texts
@@ -275,8 +276,8 @@ def test_real_minilm_encoding_equals_library_call():
 
     path = REPO / "resources" / "models" / "all-MiniLM-L6-v2"
     corpus = REPO.parent / "shared" / "data" / "dl19-bm25-top100" / "corpus.jsonl"
-    if not path.is_dir() or not corpus.is_file():
-        pytest.skip("MiniLM (scripts/setup.sh) or ../shared/data/dl19-bm25-top100 missing")
+    require_models("all-MiniLM-L6-v2")
+    require_data("dl19-bm25-top100/corpus.jsonl")
     torch.set_num_threads(2)
     model = SentenceTransformer(str(path), device="cpu")
     model.max_seq_length = 256

@@ -16,11 +16,10 @@ from pathlib import Path
 import pytest
 from safetensors.torch import load_file
 from workflow_helpers import (
-    MODELS,
     REPO,
-    SHARED_DATA,
     absolute_config,
     offline_env,
+    require_config_inputs,
     snakemake,
     write_config,
 )
@@ -60,8 +59,7 @@ def _complete_checkpoints(workdir: Path) -> list[Path]:
 
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory):
-    if not SHARED_DATA.is_dir() or not (MODELS / "all-MiniLM-L6-v2").is_dir():
-        pytest.skip("needs ../shared/data and the installed models")
+    require_config_inputs(_config())
     workdir = tmp_path_factory.mktemp("uninterrupted")
     snakemake(workdir, _config(), STATS)
     return workdir

@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import pytest
 from workflow_helpers import (
-    MODELS,
     REPO,
-    SHARED_DATA,
     absolute_config,
+    require_config_inputs,
     require_slurm,
     snakemake,
 )
@@ -32,9 +31,8 @@ COMPARED = [
 @pytest.mark.slow
 def test_slurm_run_equals_local_run(tmp_path):
     require_slurm()
-    if not SHARED_DATA.is_dir() or not (MODELS / "all-MiniLM-L6-v2").is_dir():
-        pytest.skip("needs ../shared/data and the installed models")
     config = absolute_config()
+    require_config_inputs(config)
     local, cluster = tmp_path / "local", tmp_path / "slurm"
     local.mkdir()
     cluster.mkdir()

@@ -9,9 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from workflow_helpers import SHARED_DATA, absolute_config, copy_dataset, planned_jobs, snakemake
+from workflow_helpers import absolute_config, copy_dataset, planned_jobs, require_data, snakemake
 
-pytestmark = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
+
+@pytest.fixture(autouse=True)
+def _dl19_data():
+    require_data("dl19-bm25-top100")
+
 
 TARGET = "results/metrics/dl19/first-stage/given/mean.tsv"
 PER_QUERY = "results/metrics/dl19/first-stage/given/per-query.tsv"

@@ -273,13 +273,11 @@ def test_bad_parents_and_layers_leave_nothing(parents, tmp_path):
 def test_real_models_give_students_that_load(name, keep, tmp_path):
     """The shipped sentence-transformers models: a full copy embeds exactly like the parent, a
     GUIDE half loads as both a bi-encoder and a cross-encoder."""
-    from pathlib import Path
-
     from sentence_transformers import CrossEncoder, SentenceTransformer
+    from workflow_helpers import MODELS, require_models
 
-    parent = Path(__file__).resolve().parents[1] / "resources" / "models" / name
-    if not parent.is_dir():
-        pytest.skip(f"{parent} missing (scripts/setup.sh unpacks it)")
+    require_models(name)
+    parent = MODELS / name
     torch.set_num_threads(1)
     depth = json.loads((parent / "config.json").read_text())["num_hidden_layers"]
     build_student(parent, list(range(depth)), tmp_path / "all")

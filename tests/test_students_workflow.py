@@ -9,10 +9,10 @@ import json
 import pandas as pd
 import pytest
 from workflow_helpers import (
-    MODELS,
-    SHARED_DATA,
     absolute_config,
     planned_jobs,
+    require_config_inputs,
+    require_models,
     snakemake,
 )
 
@@ -75,8 +75,7 @@ def test_study_with_unknown_arm_is_refused(tmp_path):
 @pytest.mark.slow
 @pytest.mark.models
 def test_layer_list_out_of_range_names_the_depth(tmp_path):
-    if not (MODELS / "all-MiniLM-L6-v2").is_dir():
-        pytest.skip("models not installed (scripts/setup.sh)")
+    require_models("all-MiniLM-L6-v2")
     config = absolute_config(CONFIG)
     config["inits"]["minilm-guide-2"] = {"from": "minilm-l6", "layers": [0, 9]}
     result = snakemake(tmp_path, config, "results/inits/minilm-guide-2/model", check=False)
@@ -91,10 +90,9 @@ def test_layer_list_out_of_range_names_the_depth(tmp_path):
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def studies_run(tmp_path_factory):
-    if not SHARED_DATA.is_dir() or not (MODELS / "all-MiniLM-L6-v2").is_dir():
-        pytest.skip("needs ../shared/data and the installed models")
-    workdir = tmp_path_factory.mktemp("studies-run")
     config = absolute_config(CONFIG)
+    require_config_inputs(config)
+    workdir = tmp_path_factory.mktemp("studies-run")
     snakemake(workdir, config, "studies")
     return workdir, config
 

@@ -25,6 +25,7 @@ from tiny_builders import (
 )
 from tiny_builders import WORDS as BASE_WORDS
 from tiny_builders import scores_table as tiny_scores_table
+from workflow_helpers import MODELS, require_models
 
 from irflow.io import InputError, write_trec_qrels, write_trec_run
 from irflow.models import ModelRef
@@ -696,9 +697,8 @@ def test_parquet_sink_leaves_no_file_on_error(tmp_path):
 def test_real_minilm_teacher_equals_library_call():
     import torch
 
-    path = REPO / "resources" / "models" / "all-MiniLM-L6-v2"
-    if not path.is_dir():
-        pytest.skip("resources/models/all-MiniLM-L6-v2 not unpacked (run scripts/setup.sh)")
+    require_models("all-MiniLM-L6-v2")
+    path = MODELS / "all-MiniLM-L6-v2"
     torch.set_num_threads(2)
     teacher = load_teacher(
         TeacherSpec(name="minilm", kind="bi-encoder", model=ModelRef("minilm", path=str(path))),

