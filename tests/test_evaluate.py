@@ -21,6 +21,7 @@ import subprocess
 
 import pytest
 import pytrec_eval
+from workflow_helpers import SHARED_DATA, require_data
 
 from irflow.evaluate import DEFAULT_MEASURES, evaluate_run
 from irflow.io import InputError, read_qrels, read_run_dict, write_trec_qrels, write_trec_run
@@ -424,3 +425,56 @@ def test_matches_trec_eval_binary(tmp_path):
     mean, _ = evaluate_run(run, qrels, rel=2)
     for column, name in PYTREC.items():
         assert mean[column] == pytest.approx(values[name], abs=1e-4), column
+
+
+# --------------------------------------------------------------------------------------------
+# NIST trec_eval 10.0's own output for the shipped DL19 / DL20 BM25 runs
+# (../shared/data/trec-eval-reference, see its README): an engine independent of pytrec_eval.
+# --------------------------------------------------------------------------------------------
+# trec_eval measure name -> irflow column (DEFAULT_MEASURES at rel=2).
+TREC_EVAL_NAMES = {
+    "ndcg_cut_10": "nDCG@10",
+    "recip_rank@10": "RR@10",
+    "map": "AP",
+    "Rprec": "R-Prec",
+    "P_10": "P@10",
+    "recall_100": "R@100",
+}
+
+
+def _trec_eval_reference(name: str) -> dict[str, dict[str, str]]:
+    """{query or 'all': {measure: value as trec_eval printed it}} from the reference TSV."""
+    lines = (SHARED_DATA / "trec-eval-reference" / f"{name}.tsv").read_text().splitlines()
+    assert lines[0].split("\t") == ["query", "measure", "value"]
+    reference: dict[str, dict[str, str]] = {}
+    for line in lines[1:]:
+        query, measure, value = line.split("\t")
+        assert measure not in reference.setdefault(query, {}), (query, measure)
+        reference[query][measure] = value
+    return reference
+
+
+@pytest.mark.parametrize("name", ["dl19-bm25", "dl20-bm25"])
+def test_per_query_values_equal_nist_trec_eval(name):
+    collection = SHARED_DATA / f"{name}-top100"
+    require_data(f"trec-eval-reference/{name}.tsv", f"{name}-top100")
+    reference = _trec_eval_reference(name)
+    run = read_run_dict(collection / "runs" / "bm25.trec")
+    qrels = read_qrels(collection / "qrels" / "test.tsv")
+    mean, per_query = evaluate_run(run, qrels, rel=2)
+
+    # Every measure the reference holds is one irflow computes, and it covers every query.
+    measures = {m for values in reference.values() for m in values}
+    assert measures == set(TREC_EVAL_NAMES)
+    # trec_eval lists the queries both judged and in the run; the run covers every judged one.
+    assert set(reference) - {"all"} == set(qrels) == set(per_query.index)
+    assert mean["queries_missing_from_run"] == 0
+    compared = 0
+    for query, values in reference.items():
+        for measure, printed in values.items():
+            column = TREC_EVAL_NAMES[measure]
+            ours = mean[column] if query == "all" else per_query.loc[query, column]
+            # To the precision trec_eval prints (4 decimals): the printed text must match.
+            assert f"{ours:.4f}" == printed, (name, query, measure, ours, printed)
+            compared += 1
+    assert compared == len(TREC_EVAL_NAMES) * len(reference)
