@@ -59,6 +59,8 @@ DEFAULTS: dict[str, Any] = {
         "matryoshka_dims": None,
         "batch_size": 8,
         "num_negatives": 3,
+        # Gradient caching (GradCache): rows per forward pass; None: the whole batch at once.
+        "mini_batch_size": None,
     },
     "reranking": {
         "template": DEFAULT_RERANK_TEMPLATE,
@@ -70,6 +72,8 @@ DEFAULTS: dict[str, Any] = {
         "ranknet_weight": 0.0,
         "batch_size": 4,
         "num_negatives": 3,
+        # Gradient caching: (query, document) pairs per forward pass; None: all at once.
+        "mini_batch_size": None,
     },
     "training": {
         "seed": 0,
@@ -79,6 +83,8 @@ DEFAULTS: dict[str, Any] = {
         "optimizer": "adamw8bit",
         "max_grad_norm": 1.0,
         "gradient_checkpointing": False,
+        # Batches of each task accumulated into one optimizer step (times the stage's ratio).
+        "gradient_accumulation_steps": 1,
         "log_every": 1,
         # Global optimizer steps between resumable checkpoints (None: no checkpoints).
         "checkpoint_every_steps": None,
@@ -126,6 +132,7 @@ class EmbeddingSpec:
     matryoshka_dims: tuple[int, ...] | None
     batch_size: int
     num_negatives: int
+    mini_batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -139,6 +146,7 @@ class RerankingSpec:
     ranknet_weight: float
     batch_size: int
     num_negatives: int
+    mini_batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -163,6 +171,7 @@ class TrainingSpec:
     log_every: int
     checkpoint_every_steps: int | None
     stages: tuple[StageSpec, ...]
+    gradient_accumulation_steps: int = 1
 
 
 @dataclass(frozen=True)
@@ -235,6 +244,20 @@ class _Checker:
         for placeholder in placeholders:
             if value.count(placeholder) != 1:
                 raise self.fail(key, f"the template must contain {placeholder} exactly once")
+        return value
+
+    def mini_batch(self, section: str, value: Any, rows: int, what: str) -> int | None:
+        """``<section>.mini_batch_size``: None (no gradient caching) or 1..``rows``."""
+        key = f"{section}.mini_batch_size"
+        if value is None:
+            return None
+        value = self.integer(key, value)
+        if value > rows:
+            raise self.fail(
+                key,
+                f"{value} is larger than {what} ({rows}): a mini-batch is a slice of the "
+                f"batch; set it to null to embed the whole batch in one pass",
+            )
         return value
 
     def names(self, key: str, value: Any) -> tuple[str, ...]:
@@ -327,6 +350,9 @@ def parse_spec(spec: dict[str, Any] | None, where: str = "decoder spec") -> Deco
         matryoshka_dims=dims,
         batch_size=check.integer("embedding.batch_size", e["batch_size"]),
         num_negatives=check.integer("embedding.num_negatives", e["num_negatives"], 0),
+        mini_batch_size=check.mini_batch(
+            "embedding", e["mini_batch_size"], e["batch_size"], "embedding.batch_size"
+        ),
     )
 
     r = check.section(spec, "reranking", DEFAULTS["reranking"])
@@ -347,6 +373,12 @@ def parse_spec(spec: dict[str, Any] | None, where: str = "decoder spec") -> Deco
         ranknet_weight=check.number("reranking.ranknet_weight", r["ranknet_weight"]),
         batch_size=check.integer("reranking.batch_size", r["batch_size"]),
         num_negatives=check.integer("reranking.num_negatives", r["num_negatives"], 0),
+        mini_batch_size=check.mini_batch(
+            "reranking",
+            r["mini_batch_size"],
+            r["batch_size"] * (1 + r["num_negatives"]),
+            "the pairs of a batch, reranking.batch_size x (1 + reranking.num_negatives)",
+        ),
     )
     if reranking.yes == reranking.no:
         raise check.fail("reranking.no", "the yes and no answers must differ")
@@ -404,6 +436,9 @@ def parse_spec(spec: dict[str, Any] | None, where: str = "decoder spec") -> Deco
         else check.number("training.max_grad_norm", max_norm, open_low=True),
         gradient_checkpointing=check.boolean(
             "training.gradient_checkpointing", t["gradient_checkpointing"]
+        ),
+        gradient_accumulation_steps=check.integer(
+            "training.gradient_accumulation_steps", t["gradient_accumulation_steps"]
         ),
         log_every=check.integer("training.log_every", t["log_every"]),
         checkpoint_every_steps=None

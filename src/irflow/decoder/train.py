@@ -8,13 +8,38 @@ that means overriding ``training_step``, the optimizer, the scheduler and the da
 i.e. most of it; the loop below is short and does exactly that.
 
 **One optimizer step** of a stage with tasks ``T`` (one or both of embed, rerank): for each task
-``t``, ``ratio[t]`` batches of ``t`` go forward and backward (each loss divided by
-``ratio[t]``, so ``g_t`` is the mean gradient); ``g_t`` is copied out and the gradients zeroed.
+``t``, ``n_t = ratio[t] x gradient_accumulation_steps`` batches of ``t`` go forward and
+backward (each loss divided by ``n_t``, so ``g_t`` is the mean gradient); ``g_t`` is copied
+out and the gradients zeroed.
 The step's gradient is ``g_embed + λ·g_rerank`` (``λ``: ``lambda_rerank``), i.e. the gradient
 of ``L = L_emb + λ·L_rerank``, or with ``pcgrad: true`` the PCGrad combination of
 ``g_embed`` and ``λ·g_rerank``. Then gradient clipping, the optimizer and the schedule step.
 Every ``log_every`` steps of a joint stage the per-layer and per-projection cosines of
 ``g_embed`` and ``g_rerank`` are recorded (:mod:`.diagnostics`).
+
+**Gradient accumulation** (``training.gradient_accumulation_steps``, ``k``): an optimizer
+step averages the gradients of ``k`` times as many batches; steps, schedules, ``log_every`` and
+checkpoints count optimizer steps, never batches, so a checkpoint always falls between two
+optimizer steps. Samples per step: ``batch_size x ratio[t] x k`` (the trainer runs in one
+process: world size 1). For the reranking loss (a mean over pairs) ``k`` batches of ``b``
+samples give the gradient of one batch of ``k x b`` when every sample has the same number of
+negatives; for InfoNCE they do not: each query's negatives are those of its own batch, so
+accumulation averages ``k`` losses over ``b x (1 + num_negatives)`` documents each, while a
+batch of ``k x b`` contrasts every query with ``k`` times as many. A larger contrastive batch
+needs a larger ``embedding.batch_size``, which gradient caching makes affordable.
+
+**Gradient caching** (``embedding.mini_batch_size``, ``reranking.mini_batch_size``): the whole
+batch's loss and gradient with the activations of only that many rows in memory at once
+(:meth:`Trainer.cached_backward`, GradCache): every mini-batch is encoded without gradients,
+the loss of the whole batch is backpropagated to the (detached) embeddings or scores, then
+every mini-batch is encoded again with gradients from the random state of its first pass
+(identical dropout masks) and the cached output gradients are backpropagated through it. The
+gradient equals that of the whole batch encoded in mini-batches at once (to float rounding),
+at the cost of one more forward pass. It happens inside one task's gradient, so the
+per-task gradients, cosines and PCGrad are unchanged; it composes with gradient
+checkpointing, accumulation, checkpoints and every optimizer. MoE-LoRA's load-balancing term
+is taken per mini-batch (as with accumulation), so with ``aux_loss_weight > 0`` the gradient
+differs from the uncached one by that term's batch dependence.
 
 **Losses.** Embedding: InfoNCE (``temperature``) of each query against the positives and drawn
 hard negatives of the whole batch, other known positives of the same query masked out,
@@ -134,6 +159,44 @@ class ParamGroups:
             param.grad = None
 
 
+class RandState:
+    """The random state that dropout draws from (CPU and, on a GPU, the device's), captured at
+    construction and put back by :meth:`restore` (as sentence-transformers' ``RandContext``):
+    the gradient-caching pass re-runs a mini-batch with the very dropout masks of its first
+    pass."""
+
+    def __init__(self, device: str | torch.device):
+        device = torch.device(device)
+        self.cpu = torch.get_rng_state()
+        self.cuda = None
+        if device.type == "cuda":
+            self.device = device
+            self.cuda = torch.cuda.get_rng_state(device)
+
+    def restore(self) -> None:
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+
+@contextlib.contextmanager
+def usage_paused(peft_model):
+    """MoE-LoRA usage counters as they were before the block: the gradient-caching pass without
+    gradients routes the same tokens as the pass with them, and only that one counts."""
+    from .adapters import moe_layers
+
+    saved = [
+        (layer, {task: {k: v.clone() for k, v in entry.items()}
+                 for task, entry in layer.usage.get("default", {}).items()})
+        for _, layer in moe_layers(peft_model)
+    ]  # fmt: skip
+    try:
+        yield
+    finally:
+        for layer, usage in saved:
+            layer.usage["default"] = usage
+
+
 class Trainer:
     def __init__(self, model, spec: DecoderSpec, data, device: str):
         from .samples import TaskSampler
@@ -159,32 +222,46 @@ class Trainer:
         self.stage_stats: list[dict[str, Any]] = []
 
     # ---------------------------------------------------------------- losses
-    def embed_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from .losses import matryoshka_info_nce
-
-        data, model, e = self.data, self.model, self.spec.embedding
+    def embed_inputs(self, batch):
+        """Token ids of the batch's queries and documents (positives, then every sample's
+        negatives), each query's target and the mask of other known positives."""
+        data, prompter = self.data, self.model.prompter
         qids = [data.query_ids[r] for r in batch.rows]
         doc_ids = [data.pos_ids[r] for r in batch.rows]
         for negatives in batch.negatives:
             doc_ids.extend(negatives)
-        prompter = model.prompter
-        q = model.embed_ids(prompter.query_ids([data.queries[q] for q in qids]))
-        aux = [model.aux_loss()]
-        d = model.embed_ids(prompter.document_ids([data.docs[x] for x in doc_ids]))
-        aux.append(model.aux_loss())
-        exclude = torch.tensor(
-            [[j != i and doc in data.positives[qid] for j, doc in enumerate(doc_ids)]
-             for i, qid in enumerate(qids)],
-            dtype=torch.bool, device=q.device,
-        )  # fmt: skip
-        targets = torch.arange(len(qids), device=q.device)
-        loss = matryoshka_info_nce(q, d, targets, e.temperature, e.matryoshka_dims, exclude)
-        return loss, _mean_aux(aux)
+        where: dict[str, list[int]] = defaultdict(list)
+        for j, doc in enumerate(doc_ids):
+            where[doc].append(j)
+        exclude = torch.zeros((len(qids), len(doc_ids)), dtype=torch.bool)
+        for i, qid in enumerate(qids):
+            masked = [j for pos in data.positives[qid] for j in where.get(pos, ()) if j != i]
+            exclude[i, masked] = True
+        targets = torch.arange(len(qids))
+        return (
+            prompter.query_ids([data.queries[q] for q in qids]),
+            prompter.document_ids([data.docs[x] for x in doc_ids]),
+            targets.to(self.device),
+            exclude.to(self.device),
+        )
 
-    def rerank_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
-        from .losses import bce, ranknet
+    def embed_objective(self, q, d, targets, exclude) -> torch.Tensor:
+        from .losses import matryoshka_info_nce
 
-        data, model, r = self.data, self.model, self.spec.reranking
+        e = self.spec.embedding
+        return matryoshka_info_nce(q, d, targets, e.temperature, e.matryoshka_dims, exclude)
+
+    def embed_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        query_ids, document_ids, targets, exclude = self.embed_inputs(batch)
+        q = self.model.embed_ids(query_ids)
+        aux = [self.model.aux_loss()]
+        d = self.model.embed_ids(document_ids)
+        aux.append(self.model.aux_loss())
+        return self.embed_objective(q, d, targets, exclude), _mean_aux(aux)
+
+    def rerank_inputs(self, batch):
+        """Token ids of every (query, document) pair of the batch, its label and its sample."""
+        data = self.data
         queries, docs, labels, groups = [], [], [], []
         for k, (row, negatives) in enumerate(zip(batch.rows, batch.negatives, strict=True)):
             query = data.queries[data.query_ids[row]]
@@ -193,27 +270,117 @@ class Trainer:
                 docs.append(data.docs[doc])
                 labels.append(label)
                 groups.append(k)
-        scores = model.score_ids(model.prompter.pair_ids(queries, docs))
-        labels_t = torch.tensor(labels, device=scores.device)
-        loss = bce(scores, labels_t)
-        if r.ranknet_weight > 0:
-            loss = loss + r.ranknet_weight * ranknet(
-                scores, labels_t, torch.tensor(groups, device=scores.device)
-            )
-        return loss, model.aux_loss()
+        return (
+            self.model.prompter.pair_ids(queries, docs),
+            torch.tensor(labels, device=self.device),
+            torch.tensor(groups, device=self.device),
+        )
+
+    def rerank_objective(self, scores, labels, groups) -> torch.Tensor:
+        from .losses import bce, ranknet
+
+        loss = bce(scores, labels)
+        weight = self.spec.reranking.ranknet_weight
+        if weight > 0:
+            loss = loss + weight * ranknet(scores, labels, groups)
+        return loss
+
+    def rerank_loss(self, batch) -> tuple[torch.Tensor, torch.Tensor | None]:
+        pair_ids, labels, groups = self.rerank_inputs(batch)
+        scores = self.model.score_ids(pair_ids)
+        return self.rerank_objective(scores, labels, groups), self.model.aux_loss()
+
+    def cached_backward(
+        self, parts: list[list[list[int]]], encode, objective, divisor: int, mini: int
+    ) -> tuple[float, float | None]:
+        """Gradient caching (GradCache, Gao et al. 2021): backpropagate the loss / ``divisor`` of
+        a whole batch holding the activations of only ``mini`` rows at a time.
+
+        ``parts``: the batch's inputs (queries and documents, or pairs), each a list of token-id
+        rows; ``encode``: rows -> outputs (embeddings or scores); ``objective``: the loss of
+        the whole batch from every part's outputs. (1) every mini-batch is encoded without
+        gradients, its random state kept; (2) the loss of the concatenated, detached outputs is
+        backpropagated to them (the cache: d loss / d output, one row each); (3) every
+        mini-batch is encoded again, from its kept random state (the same dropout masks), and
+        ``torch.autograd.backward(outputs, cached gradient)`` adds its share of the parameter
+        gradients. The result is the gradient of the whole batch's loss; the random state after
+        is that after step (1). The MoE load-balancing term is taken per mini-batch in step
+        (3) and averaged (mini-batches of a part equally, then the parts, as the parts are
+        averaged without caching); the usage counters count step (3) only.
+
+        Returns (loss, aux or None), not divided."""
+        chunks = [(k, rows[i : i + mini]) for k, rows in enumerate(parts)
+                  for i in range(0, len(rows), mini)]  # fmt: skip
+        states, outputs = [], [[] for _ in parts]
+        with torch.no_grad(), usage_paused(self.model.peft):
+            for k, rows in chunks:
+                states.append(RandState(self.device))
+                outputs[k].append(encode(rows))
+        after = RandState(self.device)
+        cached = [torch.cat(out).detach().requires_grad_() for out in outputs]
+        loss = objective(*cached)
+        (loss / divisor).backward()
+        grads = [iter(c.grad.split(mini)) for c in cached]
+        per_part = [sum(1 for k, _ in chunks if k == part) for part in range(len(parts))]
+        weight = self.spec.adapter.aux_loss_weight
+        aux_total, has_aux = 0.0, False
+        for (k, rows), state in zip(chunks, states, strict=True):
+            state.restore()
+            out = encode(rows)
+            tensors, grad_tensors = [out], [next(grads[k])]
+            aux = self.model.aux_loss()
+            if aux is not None:
+                share = 1.0 / (len(parts) * per_part[k])
+                aux_total += float(aux.detach()) * share
+                has_aux = True
+                if weight > 0:
+                    tensors.append(aux * (weight * share / divisor))
+                    grad_tensors.append(None)
+            torch.autograd.backward(tensors, grad_tensors)
+        after.restore()
+        return float(loss.detach()), aux_total if has_aux else None
 
     # ---------------------------------------------------------------- steps
+    def micro_batch(self, task: str, divisor: int) -> tuple[float, float | None]:
+        """Forward and backward the loss / ``divisor`` of one batch of ``task`` (gradients
+        accumulate in ``.grad``); (loss, aux or None), not divided."""
+        batch = self.samplers[task].next(self.data)
+        mini = (self.spec.embedding if task == "embed" else self.spec.reranking).mini_batch_size
+        if mini is not None:
+            if task == "embed":
+                query_ids, document_ids, targets, exclude = self.embed_inputs(batch)
+                return self.cached_backward(
+                    [query_ids, document_ids],
+                    self.model.embed_ids,
+                    lambda q, d: self.embed_objective(q, d, targets, exclude),
+                    divisor,
+                    mini,
+                )
+            pair_ids, labels, groups = self.rerank_inputs(batch)
+            return self.cached_backward(
+                [pair_ids],
+                self.model.score_ids,
+                lambda scores: self.rerank_objective(scores, labels, groups),
+                divisor,
+                mini,
+            )
+        loss, aux = (self.embed_loss if task == "embed" else self.rerank_loss)(batch)
+        weight = self.spec.adapter.aux_loss_weight
+        objective = loss + weight * aux if aux is not None and weight > 0 else loss
+        (objective / divisor).backward()
+        return float(loss.detach()), None if aux is None else float(aux.detach())
+
+    def batches_per_step(self, stage: StageSpec, task: str) -> int:
+        """Batches of ``task`` accumulated into one optimizer step of ``stage``."""
+        return stage.ratio[task] * self.spec.training.gradient_accumulation_steps
+
     def task_gradient(self, task: str, repeats: int) -> tuple[torch.Tensor, float, float]:
         """Mean gradient of ``repeats`` batches of ``task``; (flat grad, loss, aux)."""
         total_loss = total_aux = 0.0
-        weight = self.spec.adapter.aux_loss_weight
         for _ in range(repeats):
-            batch = self.samplers[task].next(self.data)
-            loss, aux = (self.embed_loss if task == "embed" else self.rerank_loss)(batch)
-            objective = loss + weight * aux if aux is not None and weight > 0 else loss
-            (objective / repeats).backward()
-            total_loss += float(loss.detach()) / repeats
-            total_aux += float(aux.detach()) / repeats if aux is not None else 0.0
+            loss, aux = self.micro_batch(task, repeats)
+            total_loss += loss / repeats
+            total_aux += aux / repeats if aux is not None else 0.0
         grad = self.groups.flat_grad()
         self.groups.zero()
         return grad, total_loss, total_aux
@@ -272,13 +439,24 @@ class Trainer:
             start = resume["step"] + 1
             projections_total, elapsed = resume["projections"], resume["seconds"]
         self.model.train()
+        batching = self.stage_batching(stage)
+        log.info(
+            "stage %s: %d optimizer steps; per step %s", stage.name, stage.steps,
+            "; ".join(
+                f"{t} {b['batches_per_step']} x {b['batch_size']} samples "
+                f"(mini-batch {b['mini_batch_size'] or 'off'})"
+                for t, b in batching.items()
+            ),
+        )  # fmt: skip
         began = time.perf_counter() - elapsed
         for step in range(start, stage.steps + 1):
             step_began, step_cpu = time.perf_counter(), time.process_time()
             grads, row = {}, {"stage": stage.name, "step": step, "lr": schedule.get_last_lr()[0]}
             aux_total = 0.0
             for task in stage.tasks:
-                grads[task], loss, aux = self.task_gradient(task, stage.ratio[task])
+                grads[task], loss, aux = self.task_gradient(
+                    task, self.batches_per_step(stage, task)
+                )
                 row[f"loss_{task}"] = loss
                 losses[task].append(loss)
                 aux_total += aux
@@ -346,12 +524,33 @@ class Trainer:
             "steps": stage.steps,
             "seconds": seconds,
             "pcgrad_projections": projections_total if stage.pcgrad else None,
+            "gradient_accumulation_steps": spec.gradient_accumulation_steps,
+            "batching": batching,
             "first_loss": {t: v[0] for t, v in losses.items()},
             "last_loss": {t: v[-1] for t, v in losses.items()},
             "mean_loss": {t: sum(v) / len(v) for t, v in losses.items()},
         }
         self.stage_stats.append(stats)
         return stats
+
+    def stage_batching(self, stage: StageSpec) -> dict[str, dict[str, Any]]:
+        """Per task of ``stage``: the samples of one batch (``batch_size``, capped at the
+        training set's size), batches per optimizer step (``ratio`` x
+        ``gradient_accumulation_steps``), samples per optimizer step (their product; the
+        trainer runs in one process, so world size 1) and the gradient-caching mini-batch.
+        The InfoNCE negatives of a query are those of its own batch only."""
+        out = {}
+        for task in stage.tasks:
+            section = self.spec.embedding if task == "embed" else self.spec.reranking
+            size = self.samplers[task].batch_size
+            per_step = self.batches_per_step(stage, task)
+            out[task] = {
+                "batch_size": size,
+                "batches_per_step": per_step,
+                "samples_per_step": size * per_step,
+                "mini_batch_size": section.mini_batch_size,
+            }
+        return out
 
     # ---------------------------------------------------------------- checkpoints
     def state_dict(self, stage: dict[str, Any]) -> dict[str, Any]:
