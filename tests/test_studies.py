@@ -65,6 +65,11 @@ def test_t_test_matches_formula_and_scipy():
     half = stats.t.ppf(0.975, df=len(d) - 1) * se
     assert (result.ci_low, result.ci_high) == pytest.approx((d.mean() - half, d.mean() + half))
     assert result.delta == pytest.approx(d.mean()) and result.note == ""
+    # The mixed-sign case: a mid-range two-sided p, the same as scipy's.
+    reference = np.full(len(MIXED), 0.5)
+    p = paired_p_value(reference + MIXED, reference, "t-test")
+    assert 0.2 < p < 0.6
+    assert p == pytest.approx(stats.ttest_rel(reference + MIXED, reference).pvalue, rel=1e-12)
 
 
 def test_randomization_is_two_sided_exact_on_small_n():
