@@ -4,6 +4,21 @@
 :class:`irflow.io.InputError` that names the key path (``adapter.top_k``,
 ``training.stages[1].ratio``), so a config mistake is reported before any model is loaded.
 :data:`DEFAULTS` is the full default spec (``describe_defaults()`` prints it).
+
+Batch sizes (see :mod:`.train` for the details):
+
+``embedding.batch_size``
+    queries per InfoNCE batch; each is contrasted with the positives and hard negatives of the
+    whole batch, so this is the contrastive batch (``batch_size x (1 + num_negatives)``
+    documents).
+``embedding.mini_batch_size``, ``reranking.mini_batch_size``
+    gradient caching (GradCache): rows (queries or documents; (query, document) pairs) per
+    forward pass, the loss and gradient still those of the whole batch; ``null`` (default):
+    the whole batch in one pass. At most the batch's rows. Costs one more forward pass.
+``training.gradient_accumulation_steps``
+    batches of each task averaged into one optimizer step (times the stage's ``ratio``);
+    ``steps``, schedules and checkpoints count optimizer steps. It does not enlarge the
+    InfoNCE batch: the negatives stay those of each batch.
 """
 
 from __future__ import annotations
