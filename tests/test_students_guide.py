@@ -1,4 +1,5 @@
-"""GUIDE layer selection and student checkpoints (tiny random models of each supported family)."""
+"""GUIDE-style layer selection, the GUIDE width projection (guide-pca) and student checkpoints
+(tiny random models of each supported family)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,16 @@ from test_students_common import VOCAB, state_dicts_equal, tiny_bi_encoder
 
 from irflow.io import InputError
 from irflow.models import ModelRef
-from irflow.students.guide import build_student, init_student, model_depth, select_layers
+from irflow.students.guide import (
+    PCA_FILE,
+    build_narrow_student,
+    build_student,
+    init_student,
+    model_depth,
+    pca_projection,
+    select_layers,
+    uniform_indices,
+)
 
 # ---------------------------------------------------------------------------------------------
 # Layer selection
@@ -296,3 +306,212 @@ def test_real_models_give_students_that_load(name, keep, tmp_path):
     assert CrossEncoder(str(tmp_path / "half"), num_labels=1, device="cpu").predict(
         [tuple(texts)]
     ).shape == (1,)
+
+
+# ---------------------------------------------------------------------------------------------
+# GUIDE width projection (strategy guide-pca)
+# ---------------------------------------------------------------------------------------------
+def _roberta(num_layers):
+    from transformers import RobertaConfig, RobertaModel
+
+    config = RobertaConfig(**ENCODER, **NO_DROPOUT, num_hidden_layers=num_layers, pad_token_id=1)
+    return RobertaModel(config)
+
+
+NARROW_FAMILIES = {"bert-cls": _bert_cls, "mpnet": _mpnet, "roberta": _roberta}
+
+
+@pytest.fixture(scope="module")
+def narrow_parents(tmp_path_factory):
+    root = tmp_path_factory.mktemp("narrow-parents")
+    out = {}
+    for name, make in NARROW_FAMILIES.items():
+        torch.manual_seed(0)
+        model = make(4).eval()
+        # Non-trivial LayerNorm scales and biases (fresh models have 1 and 0).
+        with torch.no_grad():
+            for key, tensor in model.state_dict().items():
+                if "LayerNorm" in key:
+                    tensor.add_(0.1 * torch.randn_like(tensor))
+        model.save_pretrained(root / name)
+        out[name] = (root / name, type(model))
+    return out
+
+
+def test_uniform_indices_are_evenly_spaced():
+    assert uniform_indices(12, 12) == list(range(12))
+    assert uniform_indices(12, 6) == [0, 2, 4, 6, 8, 10]
+    assert uniform_indices(32, 16) == list(range(0, 32, 2))
+    assert uniform_indices(10, 4) == [0, 2, 5, 7]
+    with pytest.raises(ValueError, match="cannot select 5 of 4"):
+        uniform_indices(4, 5)
+
+
+@pytest.mark.parametrize("family", sorted(NARROW_FAMILIES))
+def test_full_width_guide_student_is_the_parent(family, narrow_parents, tmp_path):
+    folder, cls = narrow_parents[family]
+    stats = init_student(folder, tmp_path / "student", strategy="guide-pca", hidden_size=32)
+    assert stats["strategy"] == "guide-pca" and stats["pca"] is None
+    assert stats["layers"] == [0, 1, 2, 3]
+    parent = cls.from_pretrained(folder).eval()
+    student = cls.from_pretrained(tmp_path / "student").eval()
+    assert state_dicts_equal(parent.state_dict(), student.state_dict())
+    expected, got = _outputs(parent, INPUT_IDS), _outputs(student, INPUT_IDS)
+    assert torch.allclose(expected, got, atol=1e-5, rtol=0)
+    assert not (tmp_path / "student" / PCA_FILE).exists()
+
+
+def test_full_width_guide_student_with_fewer_layers_is_the_layer_selection(
+    narrow_parents, tmp_path
+):
+    folder, cls = narrow_parents["mpnet"]
+    init_student(folder, tmp_path / "pca", 2, strategy="guide-pca", hidden_size=32)
+    init_student(folder, tmp_path / "depth", 2, strategy="uniform")
+    a = cls.from_pretrained(tmp_path / "pca").state_dict()
+    b = cls.from_pretrained(tmp_path / "depth").state_dict()
+    assert state_dicts_equal(a, b)
+    stats = json.loads((tmp_path / "pca" / "guide.json").read_text())
+    assert stats["layers"] == [0, 2] and stats["student_layers"] == 2
+
+
+def _train_steps(model, steps=8):
+    """A few Adam steps towards a fixed random target; the losses, first to last."""
+    torch.manual_seed(1)
+    model.train()
+    target = torch.randn(INPUT_IDS.shape[0], model.config.hidden_size)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(steps):
+        out = model(input_ids=INPUT_IDS, attention_mask=torch.ones_like(INPUT_IDS))
+        loss = ((out.last_hidden_state.mean(dim=1) - target) ** 2).mean()
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
+
+
+@pytest.mark.parametrize("family", ["mpnet", "roberta"])
+def test_narrow_student_loads_and_trains(family, narrow_parents, tmp_path):
+    from transformers import AutoModel
+
+    folder, _ = narrow_parents[family]
+    stats = build_narrow_student(
+        folder,
+        tmp_path / "student",
+        hidden_size=16,
+        intermediate_size=24,
+        num_attention_heads=1,
+        layers=[0, 3],
+    )
+    assert stats["heads"] == [0] and stats["head_dims"] == list(range(16))
+    assert stats["params_student"] < stats["params_parent"]
+    model = AutoModel.from_pretrained(tmp_path / "student")
+    config = model.config
+    assert (config.hidden_size, config.intermediate_size, config.num_attention_heads) == (16, 24, 1)
+    assert config.num_hidden_layers == 2
+    losses = _train_steps(model)
+    assert all(map(torch.isfinite, map(torch.tensor, losses)))
+    assert losses[-1] < losses[0]
+
+
+def test_narrow_weights_follow_the_projection_and_selection(narrow_parents, tmp_path):
+    from safetensors.torch import load_file
+
+    folder, cls = narrow_parents["bert-cls"]
+    build_narrow_student(folder, tmp_path / "s", hidden_size=16, intermediate_size=40)
+    parent = load_file(folder / "model.safetensors")
+    student = load_file(tmp_path / "s" / "model.safetensors")
+    pca = load_file(tmp_path / "s" / PCA_FILE)
+    p, mu = pca["projection"], pca["mean"]
+    assert p.shape == (32, 16) and p.dtype == torch.float64
+    assert torch.allclose(p.T @ p, torch.eye(16, dtype=torch.float64), atol=1e-10)
+
+    def close(a, b):
+        assert torch.allclose(a.double(), b.double(), atol=1e-5), (a - b).abs().max()
+
+    emb = "bert.embeddings."
+    table = parent[emb + "word_embeddings.weight"].double()
+    # The compressed table is (E - mu) P, mu the mean of the rows the PCA was fitted on.
+    close(mu, table.mean(dim=0))
+    close(student[emb + "word_embeddings.weight"], (table - mu) @ p)
+    close(student[emb + "position_embeddings.weight"],
+          parent[emb + "position_embeddings.weight"].double() @ p + mu @ p)  # fmt: skip
+    # ... so every token's summed embedding is P^T of the parent's.
+    ids, positions = torch.tensor([5, 9, 17]), torch.tensor([0, 1, 2])
+    summed = {
+        name: (s[emb + "word_embeddings.weight"][ids] + s[emb + "position_embeddings.weight"][
+            positions] + s[emb + "token_type_embeddings.weight"][0]).double()
+        for name, s in (("parent", parent), ("student", student))
+    }  # fmt: skip
+    close(summed["student"], summed["parent"] @ p)
+    # LayerNorm: beta projected, gamma the diagonal of P^T diag(gamma) P.
+    ln = "bert.encoder.layer.1.output.LayerNorm."
+    close(student[ln + "bias"], p.T @ parent[ln + "bias"].double())
+    close(
+        student[ln + "weight"], torch.diagonal(p.T @ torch.diag(parent[ln + "weight"].double()) @ p)
+    )
+    # Attention: 2 heads of 8 of the parent's 16 dimensions each (every other one).
+    keep = [h * 16 + j for h in (0, 1) for j in range(0, 16, 2)]
+    q = "bert.encoder.layer.2.attention.self.query."
+    close(student[q + "weight"], parent[q + "weight"].double()[keep] @ p)
+    close(student[q + "bias"], parent[q + "bias"][keep])
+    o = "bert.encoder.layer.2.attention.output.dense."
+    close(student[o + "weight"], p.T @ parent[o + "weight"].double()[:, keep])
+    # Feed-forward: 40 of 64 units, evenly spaced.
+    units = uniform_indices(64, 40)
+    i, out = "bert.encoder.layer.0.intermediate.dense.", "bert.encoder.layer.0.output.dense."
+    close(student[i + "weight"], parent[i + "weight"].double()[units] @ p)
+    close(student[out + "weight"], p.T @ parent[out + "weight"].double()[:, units])
+    close(
+        student["bert.pooler.dense.weight"], p.T @ parent["bert.pooler.dense.weight"].double() @ p
+    )
+    close(student["classifier.weight"], parent["classifier.weight"].double() @ p)
+    assert cls.from_pretrained(tmp_path / "s").config.hidden_size == 16
+
+
+def test_pca_reconstruction_error_is_the_discarded_variance():
+    torch.manual_seed(0)
+    table = torch.randn(200, 12) @ torch.randn(12, 12) + 3.0
+    for keep in (1, 4, 12):
+        p, mu, eigenvalues = pca_projection(table, keep)
+        centred = table.double() - mu
+        error = ((centred - centred @ p @ p.T) ** 2).sum()
+        assert torch.allclose(error, eigenvalues[keep:].sum(), rtol=1e-8, atol=1e-8)
+        assert (eigenvalues[:-1] >= eigenvalues[1:]).all()
+        # The leading components are the best rank-k subspace: no worse than any other one.
+        other = torch.linalg.qr(torch.randn(12, keep, dtype=torch.float64))[0]
+        assert error <= ((centred - centred @ other @ other.T) ** 2).sum() + 1e-8
+    again = pca_projection(table, 4)[0]
+    assert torch.equal(again, pca_projection(table, 4)[0])  # signs are deterministic
+
+
+def test_narrow_sentence_transformers_student_embeds_at_the_new_width(tmp_path):
+    from sentence_transformers import SentenceTransformer
+
+    parent = tiny_bi_encoder(tmp_path / "bi")
+    stats = init_student(parent, tmp_path / "narrow", 2, strategy="guide-pca", hidden_size=16)
+    assert stats["pca"]["retained_variance"] < 1.0 and stats["layers"] == [0, 2]
+    model = SentenceTransformer(str(tmp_path / "narrow"), device="cpu")
+    assert model.encode(["cat dog the river"]).shape == (1, 16)
+    pooling = json.loads((tmp_path / "narrow" / "1_Pooling" / "config.json").read_text())
+    assert pooling["word_embedding_dimension"] == 16
+    assert (tmp_path / "narrow" / PCA_FILE).is_file()
+
+
+def test_guide_pca_refusals(parents, narrow_parents, tmp_path):
+    llama, _ = parents["llama-lm"]
+    with pytest.raises(InputError, match=r"'llama' is not supported by the GUIDE width.*'mpnet'"):
+        init_student(llama, tmp_path / "s", strategy="guide-pca", hidden_size=16)
+    bert, _ = narrow_parents["bert-cls"]
+    with pytest.raises(ValueError, match="only strategy 'guide-pca'"):
+        init_student(bert, tmp_path / "s", 2, strategy="uniform", hidden_size=16)
+    with pytest.raises(ValueError, match="needs hidden_size"):
+        init_student(bert, tmp_path / "s", strategy="guide-pca")
+    with pytest.raises(ValueError, match="at most as wide"):
+        build_narrow_student(bert, tmp_path / "s", hidden_size=64)
+    with pytest.raises(ValueError, match="split into 2 heads"):
+        build_narrow_student(bert, tmp_path / "s", hidden_size=15)
+    with pytest.raises(ValueError, match="unknown init strategy 'pca'"):
+        init_student(bert, tmp_path / "s", strategy="pca", hidden_size=16)
+    assert not (tmp_path / "s").exists()
