@@ -281,11 +281,19 @@ def study_runs(study):
     return PLAN.study_runs(study)
 
 
-def study_metric_files(wildcards):
-    return [
-        f"{RESULTS}/metrics/{dataset}/{run}/per-query.tsv"
-        for _, _, dataset, run in study_runs(wildcards.study)
-    ]
+def any_study_runs(study):
+    """(arm, variant name, dataset, run) rows of a students' or a decoder study's table."""
+    if study in PLAN.names("decoder_studies"):
+        return decoder_study_runs(study)
+    return study_runs(study)
+
+
+def all_study_specs():
+    """{study: spec} of the students' studies and the decoder studies (names are distinct)."""
+    return {
+        **{s: settings("studies", s) for s in PLAN.names("studies")},
+        **{s: settings("decoder_studies", s) for s in PLAN.names("decoder_studies")},
+    }
 
 
 # ---------------------------------------------------------------------------------------------

@@ -197,42 +197,6 @@ rule decoder_rerank:
         "../workflow_scripts/decoder_rerank.py"
 
 
-rule decoder_study_table:
-    input:
-        decoder_study_metric_files,
-    output:
-        tsv=report(
-            f"{RESULTS}/tables/studies/{{study}}.tsv",
-            caption="../reports/captions/study.rst",
-            category="Studies",
-            subcategory="{study}",
-            labels={"study": "{study}", "format": "TSV"},
-        ),
-        markdown=f"{RESULTS}/tables/studies/{{study}}.md",
-        per_query=f"{RESULTS}/tables/studies/{{study}}.per-query.tsv",
-    log:
-        log_path("decoder_study_table", "{study}"),
-    benchmark:
-        benchmark_path("decoder_study_table", "{study}")
-    wildcard_constraints:
-        study=names_of("decoder_studies"),
-    container:
-        container_image("eval")
-    threads: threads_for("decoder_study_table")
-    resources:
-        **resources_for("decoder_study_table"),
-    params:
-        rows=lambda wildcards: decoder_study_runs(wildcards.study),
-        spec=lambda wildcards: settings("decoder_studies", wildcards.study),
-        decoders=lambda wildcards: {
-            arm: settings("decoders", arm)
-            for arm in settings("decoder_studies", wildcards.study)["arms"]
-        },
-    script:
-        # The students' study table script: the table is the same (irflow.studies).
-        "../workflow_scripts/study_table.py"
-
-
 rule decoders:
     input:
         decoder_targets(),

@@ -250,13 +250,6 @@ def decoder_study_runs(study):
     return [row[:4] for row in decoder_runs_of(study)]
 
 
-def decoder_study_metric_files(wildcards):
-    return [
-        f"{RESULTS}/metrics/{dataset}/{run}/per-query.tsv"
-        for _, _, dataset, run in decoder_study_runs(wildcards.study)
-    ]
-
-
 def decoder_targets():
     """What `all` builds for the decoders (rules/common.smk, all_targets): every decoder
     study's table and the heatmaps of its joint arms."""

@@ -50,3 +50,41 @@ rule baselines_table:
         **resources_for("baselines_table"),
     script:
         "../workflow_scripts/aggregate_metrics.py"
+
+
+# One table rule for every study, students' and decoders' alike (irflow.studies): arms side by
+# side with paired tests and per-query deltas.
+rule study_table:
+    input:
+        lambda wildcards: [
+            f"{RESULTS}/metrics/{dataset}/{run}/per-query.tsv"
+            for _, _, dataset, run in any_study_runs(wildcards.study)
+        ],
+    output:
+        tsv=report(
+            f"{RESULTS}/tables/studies/{{study}}.tsv",
+            caption="../reports/captions/study.rst",
+            category="Studies",
+            subcategory="{study}",
+            labels={"study": "{study}", "format": "TSV"},
+        ),
+        markdown=f"{RESULTS}/tables/studies/{{study}}.md",
+        per_query=f"{RESULTS}/tables/studies/{{study}}.per-query.tsv",
+    log:
+        log_path("study_table", "{study}"),
+    benchmark:
+        benchmark_path("study_table", "{study}")
+    wildcard_constraints:
+        study="|".join(re.escape(s) for s in all_study_specs()) or _nothing(),
+    localrule: True
+    container:
+        container_image("eval")
+    threads: threads_for("study_table")
+    resources:
+        **resources_for("study_table"),
+    params:
+        rows=lambda wildcards: any_study_runs(wildcards.study),
+        spec=lambda wildcards: all_study_specs()[wildcards.study],
+        seed=PLAN.seed,
+    script:
+        "../workflow_scripts/study_table.py"

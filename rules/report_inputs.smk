@@ -31,14 +31,6 @@ def configured_study_runs():
     return rows
 
 
-def all_study_specs():
-    """{study: spec} of the students' studies and the decoder studies (names are distinct)."""
-    return {
-        **{s: settings("studies", s) for s in PLAN.names("studies")},
-        **{s: settings("decoder_studies", s) for s in PLAN.names("decoder_studies")},
-    }
-
-
 def decoder_plots(wildcards):
     """{arm: {plot: svg}}: heatmaps of the decoder studies' joint / MoE-LoRA arms (decoder.smk)."""
     return decoder_report_plots()

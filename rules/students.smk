@@ -94,38 +94,3 @@ rule untrained_student:
         ].get("max_length"),
     script:
         "../workflow_scripts/untrained_student.py"
-
-
-rule study_table:
-    input:
-        study_metric_files,
-    output:
-        tsv=report(
-            f"{RESULTS}/tables/studies/{{study}}.tsv",
-            caption="../reports/captions/study.rst",
-            category="Studies",
-            subcategory="{study}",
-            labels={"study": "{study}", "format": "TSV"},
-        ),
-        markdown=f"{RESULTS}/tables/studies/{{study}}.md",
-        per_query=f"{RESULTS}/tables/studies/{{study}}.per-query.tsv",
-    log:
-        log_path("study_table", "{study}"),
-    benchmark:
-        benchmark_path("study_table", "{study}")
-    wildcard_constraints:
-        study=names_of("studies"),
-    container:
-        container_image("eval")
-    threads: threads_for("study_table")
-    resources:
-        **resources_for("study_table"),
-    params:
-        rows=lambda wildcards: study_runs(wildcards.study),
-        spec=lambda wildcards: settings("studies", wildcards.study),
-        students=lambda wildcards: {
-            arm: settings("students", arm)
-            for arm in settings("studies", wildcards.study)["arms"]
-        },
-    script:
-        "../workflow_scripts/study_table.py"

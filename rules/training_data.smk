@@ -152,5 +152,7 @@ rule training_data_table:
     threads: threads_for("training_data_table")
     resources:
         **resources_for("training_data_table"),
+    params:
+        results_dir=RESULTS,
     script:
         "../workflow_scripts/training_data_table.py"

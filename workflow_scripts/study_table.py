@@ -12,5 +12,5 @@ write_study_table(
     snakemake.output.tsv,
     snakemake.output.markdown,
     snakemake.output.per_query,
-    seed=snakemake.config["seed"],
+    seed=snakemake.params.seed,
 )

@@ -6,7 +6,7 @@ from irflow.training_data.table import training_data_table
 job.start(snakemake)
 training_data_table(
     list(snakemake.input),
-    snakemake.config["results_dir"],
+    snakemake.params.results_dir,
     snakemake.output.tsv,
     snakemake.output.markdown,
 )
