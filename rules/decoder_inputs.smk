@@ -10,7 +10,7 @@
 #   results/runs/<dataset>/first-stage/<arm>.trec                 decoder_dense_retrieve
 #   results/runs/<dataset>/rerank/<retriever>/<arm>.cosine.trec   decoder_cosine_rerank
 #   results/runs/<dataset>/rerank/<retriever>/<arm>.yesno.trec    decoder_rerank
-#   results/tables/studies/<decoder study>.{tsv,md,per-query.tsv} decoder_study_table
+#   results/tables/studies/<decoder study>.{tsv,md,per-query.tsv} study_table
 # Arm names therefore must not be model, retriever or reranker names (checked below).
 import os
 

@@ -108,7 +108,8 @@ def test_study_tables(studies_run):
         assert table["nDCG@10"].between(0, 1).all()
         baseline = spec.get("baseline", spec["arms"][0])
         others = table[(table["arm"] != baseline) & (table["variant"] == "trained")]
-        assert others["nDCG@10 p_holm"].notna().all()
+        tested = others["nDCG@10 p_holm"].notna()
+        assert (tested | others["nDCG@10 note"].fillna("").str.len().gt(0)).all()
         per_query = pd.read_csv(workdir / f"results/tables/studies/{study}.per-query.tsv", sep="\t")
         assert len(per_query) > 0
     embedder = pd.read_csv(workdir / "results/tables/studies/embedder.tsv", sep="\t")
