@@ -529,6 +529,137 @@ def test_causal_lm_refuses_multi_token_answers(tiny_models, teachers):
         causal_lm_teacher(bad, teachers["causal-lm"].model, teachers["causal-lm"].tokenizer)
 
 
+# ---------------------------------------------------------------------------------------------
+# The causal-LM teacher's prompt: template pieces, truncation and BOS, against ids built by hand
+# ---------------------------------------------------------------------------------------------
+# The tiny Llama's word-level vocabulary (tiny_models): token strings map one to one to ids, so
+# the expected sequences below are written as token lists and looked up, never re-tokenized.
+LM_VOCAB = ["<pad>", "<unk>", "<s>", *WORDS, ":", "?", "."]
+PROMPT_TEMPLATE = "query : {query} document : {document} relevant ? answer :"
+TAIL_QUERY_TEMPLATE = "document : {document} query : {query} ? answer :"
+
+
+def word_tokenizer(bos: bool):
+    """The tiny Llama's tokenizer; with ``bos`` its post-processor adds ``<s>`` in front and a
+    trailing ``.`` as an end marker (neither may leak into the pieces the teacher joins)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(LM_VOCAB)}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.Whitespace(), pre_tokenizers.Punctuation()]
+    )
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A .", special_tokens=[("<s>", vocab["<s>"]), (".", vocab["."])]
+        )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend, pad_token="<pad>", unk_token="<unk>", bos_token="<s>"
+    )
+
+
+def prompt_teacher(teachers, tokenizer, template=PROMPT_TEMPLATE, max_length=None):
+    model = teachers["causal-lm"].model
+    ref = ModelRef("causal-lm", path=teachers["causal-lm"].spec.model.path, max_length=max_length)
+    spec = TeacherSpec(
+        name="prompt",
+        kind="causal-lm",
+        model=ref,
+        template=template,
+        yes_token="yes",
+        no_token="no",
+    )
+    return causal_lm_teacher(spec, model, tokenizer)
+
+
+def by_hand(tokenizer, tokens: list[str]) -> list[int]:
+    ids = tokenizer.convert_tokens_to_ids(tokens)
+    assert tokenizer.unk_token_id not in ids, tokens  # every hand-written token is in the vocab
+    return ids
+
+
+QUERY, QUERY_TOKENS = "what is the cat", ["what", "is", "the", "cat"]
+DOC = "the cat is in the tree river city"
+DOC_TOKENS = ["the", "cat", "is", "in", "the", "tree", "river", "city"]
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_causal_lm_prompt_is_the_template_pieces_joined(teachers, bos):
+    tokenizer = word_tokenizer(bos)
+    assert (tokenizer("cat").input_ids[:1] == [2]) is bos  # the tokenizer adds <s> by itself
+    teacher = prompt_teacher(teachers, tokenizer)
+    head = ["query", ":", *QUERY_TOKENS, "document", ":"]
+    tail = ["relevant", "?", "answer", ":"]
+    start = ["<s>"] if bos else []
+    expected = [
+        by_hand(tokenizer, [*start, *head, *DOC_TOKENS, *tail]),
+        by_hand(tokenizer, [*start, "query", ":", "law", "document", ":", "court", *tail]),
+    ]
+    assert teacher.input_ids([QUERY, "law"], [DOC, "court"]) == expected
+    # The same, from the pieces encoded one by one without special tokens.
+    pieces = [
+        tokenizer.encode(f"query : {QUERY} document : ", add_special_tokens=False),
+        tokenizer.encode(DOC, add_special_tokens=False),
+        tokenizer.encode(" relevant ? answer :", add_special_tokens=False),
+    ]
+    assert expected[0] == [2] * bos + pieces[0] + pieces[1] + pieces[2]
+    # One BOS exactly, no end marker: the answer position is the template's last token.
+    assert expected[0].count(2) == int(bos) and expected[0][-1] == by_hand(tokenizer, [":"])[0]
+
+
+def test_causal_lm_prompt_query_in_the_tail(teachers):
+    tokenizer = word_tokenizer(bos=False)
+    teacher = prompt_teacher(teachers, tokenizer, template=TAIL_QUERY_TEMPLATE)
+    expected = by_hand(
+        tokenizer, ["document", ":", *DOC_TOKENS, "query", ":", *QUERY_TOKENS, "?", "answer", ":"]
+    )
+    assert teacher.input_ids([QUERY], [DOC]) == [expected]
+
+
+@pytest.mark.parametrize("bos", [False, True])
+def test_causal_lm_truncation_shortens_only_the_document(teachers, bos):
+    tokenizer = word_tokenizer(bos)
+    max_length = 16
+    teacher = prompt_teacher(teachers, tokenizer, max_length=max_length)
+    head = ["query", ":", *QUERY_TOKENS, "document", ":"]  # 8 tokens
+    tail = ["relevant", "?", "answer", ":"]  # 4 tokens
+    start = ["<s>"] if bos else []
+    room = max_length - len(start) - len(head) - len(tail)  # 3 with BOS, 4 without
+    assert room == (3 if bos else 4)
+    long_doc = by_hand(tokenizer, [*start, *head, *DOC_TOKENS[:room], *tail])  # cut to room
+    short_doc = by_hand(tokenizer, [*start, *head, "fish", *tail])  # untouched
+    fits = long_doc  # a document of exactly `room` tokens is kept whole
+    ids = teacher.input_ids([QUERY] * 3, [DOC, "fish", " ".join(DOC_TOKENS[:room])])
+    assert ids == [long_doc, short_doc, fits]
+    assert len(ids[0]) == max_length and len(ids[1]) == max_length - room + 1
+    # The scores are the model's on exactly these ids, one row at a time.
+    import torch
+
+    with torch.inference_mode():
+        logits = [teacher.model(input_ids=torch.tensor([x])).logits[0, -1] for x in ids]
+    expected = [float(row[teacher.yes_id] - row[teacher.no_id]) for row in logits]
+    got = teacher.score([QUERY] * 3, [DOC, "fish", " ".join(DOC_TOKENS[:room])])
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_causal_lm_template_longer_than_max_length_is_refused(teachers):
+    teacher = prompt_teacher(teachers, word_tokenizer(bos=True), max_length=12)
+    # BOS + 8 head + 4 tail = 13 > 12: nothing is left for the document, and the template
+    # would have to be cut, so the pair is refused rather than silently mis-built.
+    # (The message counts the template's 12 tokens, without the BOS.)
+    with pytest.raises(
+        InputError, match=r"teacher 'prompt': .* is 12 tokens, longer than max_length 12"
+    ):
+        teacher.input_ids([QUERY], [DOC])
+    # With room for zero document tokens the template is kept whole and the document dropped.
+    teacher = prompt_teacher(teachers, word_tokenizer(bos=True), max_length=13)
+    tokenizer = teacher.tokenizer
+    template = ["query", ":", *QUERY_TOKENS, "document", ":", "relevant", "?", "answer", ":"]
+    expected = by_hand(tokenizer, ["<s>", *template])
+    assert teacher.input_ids([QUERY], [DOC]) == [expected]
+
+
 def scoring_inputs(training_set, tmp_path) -> dict:
     mine_files(training_set, tmp_path / "mined", seed=1)
     root = training_set["root"]
