@@ -42,7 +42,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-FAMILIES = {"eval": "envs/eval.lock", "torch": "envs/requirements.lock"}
+FAMILIES = {
+    "eval": "envs/eval.lock",
+    "torch": "envs/requirements.lock",
+    "torch-cuda": "envs/requirements-cuda.lock",
+}
+# Built when no family is named. torch-cuda (GPU nodes: several GB of CUDA wheels) only on request.
+DEFAULT_FAMILIES = ("eval", "torch")
 # What the images are built from; also what the "dirty" label looks at. Keep in step with
 # containers/<family>.Dockerfile.dockerignore (the same list for plain `docker build`).
 CONTEXT_PATHS = (
@@ -50,10 +56,12 @@ CONTEXT_PATHS = (
     "src",
     "envs/eval.lock",
     "envs/requirements.lock",
+    "envs/requirements-cuda.lock",
     "containers/build-tools.txt",
     "containers/build-inputs",
     "containers/eval.Dockerfile",
     "containers/torch.Dockerfile",
+    "containers/torch-cuda.Dockerfile",
 )
 EXCLUDED_PARTS = ("__pycache__", ".egg-info", ".pyc")
 BUILD_INPUTS = "containers/build-inputs"
@@ -133,14 +141,25 @@ def project_version() -> str:
 
 
 def lock_pins(lock: Path) -> dict[str, str]:
-    """Canonical project name -> pinned version, from a `name==version` lock file."""
-    pins = {}
+    """Canonical project name -> pinned version, from a `name==version` lock file (hash
+    continuation lines, `name==version \\` then `--hash=sha256:...`, allowed)."""
+    return {name: version for name, (version, _) in lock_entries(lock).items()}
+
+
+def lock_entries(lock: Path) -> dict[str, tuple[str, set[str]]]:
+    """Canonical project name -> (pinned version, the sha256 hashes the lock allows; empty
+    for a lock without hashes)."""
+    entries: dict[str, tuple[str, set[str]]] = {}
+    current = None
     for raw in lock.read_text().splitlines():
         line = raw.split("#", 1)[0].strip()
-        if "==" in line:
+        if line.startswith("--hash=sha256:") and current is not None:
+            entries[current][1].add(line.split(":", 1)[1].rstrip("\\").strip())
+        elif "==" in line:
             name, version = line.split("==", 1)
-            pins[canonical(name)] = version.strip()
-    return pins
+            current = canonical(name)
+            entries[current] = (version.rstrip("\\").split(";")[0].strip(), set())
+    return entries
 
 
 def canonical(name: str) -> str:
@@ -163,14 +182,19 @@ def _context_files() -> Iterator[Path]:
 
 
 def wheels_for_lock(wheelhouse: Path, lock: Path) -> list[Path]:
-    """The wheels in `wheelhouse` of projects pinned in `lock` (at the pinned version)."""
-    pins = lock_pins(lock)
+    """The wheels in `wheelhouse` of projects pinned in `lock` (at the pinned version); for a
+    hash-pinned lock only wheels whose sha256 the lock lists (e.g. never a local +cpu torch
+    wheel for the CUDA lock)."""
+    entries = lock_entries(lock)
     chosen = []
     for wheel in sorted(wheelhouse.glob("*.whl")):
         name, version = wheel.name.split("-")[:2]
-        pinned = pins.get(canonical(name))
-        if pinned is not None and version.split("+", 1)[0] == pinned:
-            chosen.append(wheel)
+        pinned, hashes = entries.get(canonical(name), (None, set()))
+        if pinned is None or version.split("+", 1)[0] != pinned:
+            continue
+        if hashes and sha256_file(wheel) not in hashes:
+            continue
+        chosen.append(wheel)
     return chosen
 
 
@@ -350,8 +374,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="containers/build.py",
         description=(
-            "Build the irflow container images (eval: no PyTorch; torch: the full lock) "
-            "through a Docker-compatible API (Docker, or podman's socket)."
+            "Build the irflow container images (eval: no PyTorch; torch: the full lock, CPU "
+            "torch unless --torch-index-url says otherwise; torch-cuda: the hash-pinned CUDA "
+            "lock for GPU nodes) through a Docker-compatible API (Docker, or podman's socket)."
         ),
         epilog=(
             "Local podman (after `sudo bash .ci/start-podman.sh`): python containers/build.py "
@@ -363,7 +388,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "families",
         nargs="*",
         metavar="FAMILY",
-        help=f"families to build: {', '.join(FAMILIES)} (default: all)",
+        help=f"families to build: {', '.join(FAMILIES)} (default: {' '.join(DEFAULT_FAMILIES)})",
     )
     parser.add_argument(
         "--docker-host",
@@ -417,7 +442,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--torch-index-url",
         help="TORCH_INDEX_URL for the torch family (default: the Dockerfile's CPU index "
         "https://download.pytorch.org/whl/cpu; '' = default index + local wheels only; "
-        "a CUDA index, e.g. .../whl/cu128, for GPU hosts)",
+        "a CUDA index, e.g. .../whl/cu128; the torch-cuda family ignores it: its lock pins "
+        "PyPI's CUDA torch by hash)",
     )
     parser.add_argument(
         "--build-arg",
@@ -445,7 +471,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     unknown = [f for f in args.families if f not in FAMILIES]
     if unknown:
         parser.error(f"unknown family {unknown[0]!r} (known: {', '.join(FAMILIES)})")
-    args.families = list(dict.fromkeys(args.families)) or list(FAMILIES)
+    args.families = list(dict.fromkeys(args.families)) or list(DEFAULT_FAMILIES)
     for item in args.build_arg:
         if "=" not in item:
             parser.error(f"--build-arg wants KEY=VALUE, got {item!r}")
