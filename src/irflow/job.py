@@ -1,10 +1,13 @@
 """The first line of every workflow script: ``job.start(snakemake)``.
 
 It sends the job's logging (and stray stderr) to the rule's log file with credentials redacted,
-and registers an exit hook that writes the job's provenance record
-(``<results>/provenance/<rule>/<key>.json``, see :mod:`irflow.provenance`) once the script has
-finished successfully, i.e. raised nothing and left every declared output in place. A failed
-job leaves no record, just as it leaves no output.
+checks every workflow-made input against the provenance record of the job that produced it
+(refusing, with :class:`irflow.provenance.UnverifiedInputError`, an input that is stale,
+missing or unrecorded, before the script does any work), and registers an exit hook that
+writes the job's provenance record (``<results>/provenance/<rule>/<key>.json``, see
+:mod:`irflow.provenance`) once the script has finished successfully, i.e. raised nothing and
+left every declared output in place. A failed job leaves no record, just as it leaves no
+output.
 
 This module reads the ``snakemake`` object only to turn it into plain values; everything else
 lives in :mod:`irflow.provenance`.
@@ -55,18 +58,44 @@ def _items(namedlist) -> dict:
     return {}
 
 
+def _workflow_code(scriptdir: str | None, code: dict) -> dict | None:
+    """git state of the scripts' checkout, only where it is not the one irflow came from."""
+    if not scriptdir:
+        return None
+    repository = code.get("repository")
+    if repository and Path(scriptdir).resolve().is_relative_to(repository):
+        return None
+    state = provenance.git_state(scriptdir)
+    return state if state.get("repository") else None
+
+
 class _Job:
-    def __init__(self, snakemake, repo: Path):
+    def __init__(self, snakemake):
         self.snakemake = snakemake
-        self.repo = repo
         self.t0 = provenance.process_start_time()
         self.started = provenance.iso(self.t0)
         self.failed = False
-        self.written: Path | None = None
+        config = dict(snakemake.config or {})
+        self.config = config
+        self.results_dir = config.get("results_dir", "results")
+        # Digests of the verified inputs, taken at the start and reused by the record.
+        self.described: dict[str, dict] = {}
 
     def mark_failed(self, *exc_info) -> None:
         self.failed = True
         self._previous_hook(*exc_info)
+
+    def verify_inputs(self) -> None:
+        """Refuse the job if a workflow-made input is not what its producer recorded."""
+        paths = [path for _, path in _named_paths(self.snakemake.input)]
+        try:
+            self.described = provenance.require_verified(
+                self.results_dir, paths, self.snakemake.rule
+            )
+        except provenance.UnverifiedInputError as err:
+            for problem in err.problems:
+                log.error("%s", problem)
+            raise
 
     def finish(self) -> None:
         """Exit hook: write the record if the job succeeded; never turn success into failure."""
@@ -75,45 +104,45 @@ class _Job:
         if self.failed or not outputs or not all(os.path.exists(p) for _, p in outputs):
             return
         try:
-            config = dict(smk.config or {})
+            code = provenance.code_state()
             record = provenance.build_record(
                 rule=smk.rule,
                 wildcards=_items(smk.wildcards),
                 params=_items(smk.params),
                 inputs=_named_paths(smk.input),
                 outputs=outputs,
-                repo_path=self.repo,
-                config=config,
+                code=code,
+                config=self.config,
                 threads=smk.threads,
                 started=self.started,
                 ended=provenance.now_iso(),
                 wall_s=time.time() - self.t0,
                 log=smk.log[0] if len(smk.log) else None,
+                described=self.described,
             )
+            workflow = _workflow_code(getattr(smk, "scriptdir", None), code)
+            if workflow is not None:
+                record["workflow_code"] = workflow
             key = "/".join(str(v) for v in _items(smk.wildcards).values())
             path = provenance.record_path(
-                config.get("results_dir", "results"),
-                smk.log[0] if len(smk.log) else None,
-                smk.rule,
-                key,
+                self.results_dir, smk.log[0] if len(smk.log) else None, smk.rule, key
             )
             provenance.write_record(path, record)
-            self.written = path
+            provenance.write_pointers(self.results_dir, path, record)
             log.info("provenance record: %s", path)
         except Exception:  # noqa: BLE001 (the job's outputs are fine; say so loudly in the log)
             log.exception("could not write the provenance record")
 
 
-_current: _Job | None = None
-
-
 def start(snakemake, level: int = logging.INFO) -> _Job:
-    """Set up the job: logging to the rule's log (redacted), provenance on successful exit.
+    """Set up the job: logging to the rule's log (redacted), its workflow-made inputs verified
+    against their provenance records, and its own record written on successful exit.
 
     Call it first in every workflow script: ``from irflow import job; job.start(snakemake)``.
-    Returns the job handle (its ``finish`` runs at exit; tests may call it directly).
+    Raises :class:`irflow.provenance.UnverifiedInputError` (an :class:`irflow.io.InputError`)
+    naming each input that is stale, missing or has no record, with the command that rebuilds
+    it. Returns the job handle (its ``finish`` runs at exit; tests may call it directly).
     """
-    global _current
     log_file = snakemake.log[0] if len(snakemake.log) else None
     logs.to_file(log_file, level=level)
     secrets = provenance.environment_secrets()
@@ -122,11 +151,9 @@ def start(snakemake, level: int = logging.INFO) -> _Job:
         if isinstance(handler, logging.StreamHandler):
             handler.setStream(sys.stderr)
 
-    # The workflow repository: workflow_scripts/ sits at its root.
-    scriptdir = getattr(snakemake, "scriptdir", None) or os.getcwd()
-    job = _Job(snakemake, Path(scriptdir))
+    job = _Job(snakemake)
     job._previous_hook = sys.excepthook
     sys.excepthook = job.mark_failed
     atexit.register(job.finish)
-    _current = job
+    job.verify_inputs()
     return job
