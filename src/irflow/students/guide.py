@@ -664,7 +664,7 @@ def build_narrow_student(
         )
     _check_st_modules(folder, name)
     depth = int(config.num_hidden_layers)
-    d, f, heads = int(config.hidden_size), int(config.intermediate_size), None
+    d, f = int(config.hidden_size), int(config.intermediate_size)
     heads = int(config.num_attention_heads)
     head_dim = d // heads
     d_s = _int_arg(name, "hidden_size", hidden_size)
