@@ -70,13 +70,36 @@ def test_eval_lock_is_the_requirements_lock_without_torch():
 
 def test_dockerfiles_pin_the_registry_base_by_digest():
     defaults = set()
-    for family in ("eval", "torch"):
+    for family in ("eval", "torch", "torch-cuda"):
         text = (REPO / "containers" / f"{family}.Dockerfile").read_text()
         found = DIGEST_PINNED.search(text)
         assert found, f"{family}.Dockerfile: ARG BASE_IMAGE is not python:3.11-slim-bookworm@sha256"
         defaults.add(found.group(0))
         assert "USER 1000:1000" in text and "HF_HUB_OFFLINE=1" in text
-    assert len(defaults) == 1, "both families must start from the same base"
+    assert len(defaults) == 1, "every family must start from the same base"
+
+
+def test_cuda_lock_is_the_cpu_lock_plus_hash_pinned_cuda_packages():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(
+        "irflow_container_build", REPO / "containers" / "build.py"
+    )
+    build = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = build  # dataclasses look their module up there
+    spec.loader.exec_module(build)
+    cuda = build.lock_entries(REPO / "envs" / "requirements-cuda.lock")
+    cpu = _pins(REPO / "envs" / "requirements.lock")
+    assert {name: cuda[name][0] for name in cpu if name in cuda} == cpu, "a shared pin differs"
+    added = set(cuda) - set(cpu)
+    assert added == {n for n in added if n.startswith(("nvidia-", "cuda-"))} | {
+        "triton",
+        "setuptools",
+    }, sorted(added)
+    assert any(n.startswith("nvidia-cudnn") for n in added) and "triton" in added
+    assert not [name for name, (_, hashes) in cuda.items() if not hashes], "unhashed pins"
+    assert build.FAMILIES["torch-cuda"] == "envs/requirements-cuda.lock"
+    assert "torch-cuda" not in build.DEFAULT_FAMILIES  # GBs of wheels only when asked for
 
 
 def test_build_script_names_an_unreachable_daemon(tmp_path):
@@ -234,6 +257,128 @@ def test_eval_image_is_built_with_provenance_and_without_torch(eval_image):
         manifest = json.load(tar.extractfile("manifest.json"))
     assert version_tag in manifest[0]["RepoTags"]
     assert manifest[0]["Layers"], manifest
+
+
+def _image_tools() -> dict[str, str]:
+    """skopeo and umoci (Debian packages), or skip (fail under IRFLOW_REQUIRE_CONTAINERS=1)."""
+    found = {tool: shutil.which(tool) for tool in ("skopeo", "umoci")}
+    missing = [tool for tool, path in found.items() if path is None]
+    if missing:
+        reason = f"{' and '.join(missing)} not installed (apt-get install skopeo umoci)"
+        if os.environ.get("IRFLOW_REQUIRE_CONTAINERS") == "1":
+            pytest.fail(f"IRFLOW_REQUIRE_CONTAINERS=1 but {reason}")
+        pytest.skip(reason)
+    return found
+
+
+@pytest.mark.slow
+def test_eval_archive_converts_to_an_oci_bundle_as_apptainer_build_does(eval_image, tmp_path):
+    """What `apptainer build x.sif docker-archive://x.tar` does before mksquashfs, with the same
+    libraries: containers/image (skopeo) reads the docker-archive into an OCI layout, checking
+    every layer against the config's diff_ids; umoci unpacks the layers into a root file system;
+    apptainer turns the config's Env/Cmd into the SIF's environment and runscript. Checked: the
+    OCI manifest and config, the unpacked files, that a non-root user (apptainer runs as the
+    caller) can read the venv, and the image's Python run in the root file system with the
+    config's environment (chroot, as root)."""
+    tools = _image_tools()
+    built = eval_image["report"]
+    archive = Path(built["archive"])
+    layout = tmp_path / "oci"
+    ref = f"oci:{layout}:eval"
+    subprocess.run(
+        [
+            tools["skopeo"],
+            "copy",
+            "--quiet",
+            "--dest-oci-accept-uncompressed-layers",
+            f"docker-archive:{archive}",
+            ref,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    manifest = json.loads(
+        subprocess.run(
+            [tools["skopeo"], "inspect", "--raw", ref], check=True, capture_output=True, text=True
+        ).stdout
+    )
+    config = json.loads(
+        subprocess.run(
+            [tools["skopeo"], "inspect", "--config", ref],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout
+    )
+    with tarfile.open(archive) as tar:
+        (docker_manifest,) = json.load(tar.extractfile("manifest.json"))
+    assert manifest["schemaVersion"] == 2
+    assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
+    assert (
+        len(manifest["layers"])
+        == len(docker_manifest["Layers"])
+        == len(config["rootfs"]["diff_ids"])
+    )
+    assert manifest["config"]["digest"] == built["image_id"]  # the image id is its config digest
+    assert (config["os"], config["architecture"]) == ("linux", "amd64")
+    settings = config["config"]
+    env = dict(item.split("=", 1) for item in settings["Env"])
+    assert env["PATH"].split(":")[0] == "/opt/venv/bin"
+    assert env["HF_HUB_OFFLINE"] == "1" and env["IRFLOW_IMAGE_FAMILY"] == "eval"
+    assert env["IRFLOW_IMAGE_REVISION"] == built["labels"]["org.opencontainers.image.revision"]
+    assert settings["Cmd"] == ["python"] and not settings.get("Entrypoint")
+    assert settings["User"] == "1000:1000" and settings["WorkingDir"] == "/home/irflow"
+    assert settings["Labels"]["io.irflow.lock.sha256"] == _sha256(REPO / "envs" / "eval.lock")
+
+    bundle = tmp_path / "bundle"
+    subprocess.run(
+        [tools["umoci"], "unpack", "--image", f"{layout}:eval", str(bundle)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    rootfs = bundle / "rootfs"
+    runtime = json.loads((bundle / "config.json").read_text())["process"]
+    assert runtime["args"] == ["python"]
+    assert "HF_HUB_OFFLINE=1" in runtime["env"]
+    assert (rootfs / "opt/irflow/eval.lock").read_bytes() == (REPO / "envs/eval.lock").read_bytes()
+    site = rootfs / "opt/venv/lib/python3.11/site-packages"
+    assert (site / "irflow" / "__init__.py").is_file() and not (site / "torch").exists()
+    unreadable = _unreadable_by_others(rootfs, "opt/venv")
+    assert not unreadable, f"others cannot read (apptainer runs as the caller): {unreadable[:10]}"
+    if os.geteuid() != 0:
+        return
+    probe = (
+        "import irflow.evaluate as e, json, sys; print(json.dumps([sys.executable, e.__file__]))"
+    )
+    run = subprocess.run(
+        ["chroot", "--userspec=1000:1000", str(rootfs), "/opt/venv/bin/python", "-c", probe],
+        env=env,
+        cwd="/",
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert json.loads(run.stdout.splitlines()[-1]) == [
+        "/opt/venv/bin/python",
+        "/opt/venv/lib/python3.11/site-packages/irflow/evaluate.py",
+    ]
+
+
+def _unreadable_by_others(rootfs: Path, folder: str) -> list[str]:
+    """Files under rootfs/folder that other users cannot read (directories: read and enter)."""
+    bad = []
+    for path in [rootfs / folder, *(rootfs / folder).rglob("*")]:
+        if path.is_symlink():
+            continue
+        mode = path.stat().st_mode
+        if (mode & 0o005 != 0o005) if path.is_dir() else not mode & 0o004:
+            bad.append(str(path.relative_to(rootfs)))
+    return bad
 
 
 def _eval_rule_imports() -> list[str]:
