@@ -15,11 +15,25 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from report_fixtures import tiny_beir, tiny_bi_encoder, tiny_config
+from report_fixtures import (
+    FIXTURE_STUDIES,
+    study_report_inputs,
+    tiny_beir,
+    tiny_bi_encoder,
+    tiny_config,
+)
 from workflow_helpers import REPO, offline_env, snakemake
 
 from irflow.report import cost
-from irflow.report.html import ReportInputs, render, training_data_tables
+from irflow.report.html import (
+    SMOKE_NOTICE,
+    ReportInputs,
+    bootstrap_interval,
+    render,
+    training_data_tables,
+    write_report,
+)
+from irflow.report.latex import escape, write_study_latex
 
 TEMPLATE = REPO / "reports" / "templates" / "report.html.j2"
 
@@ -35,6 +49,10 @@ class Dom(HTMLParser):
         self.figures: list[dict] = []
         self.tags: dict[str, int] = {}
         self.links: list[str] = []
+        self.details: dict[str, list[str]] = {}  # <details> id -> ids of the tables in it
+        self.table_classes: dict[str, str] = {}
+        self._details: list[str] = []
+        self._article: str | None = None
         self._table: str | None = None
         self._cell: list[str] | None = None
         self._row: list[str] | None = None
@@ -47,19 +65,37 @@ class Dom(HTMLParser):
         for key in ("src", "href"):
             if attrs.get(key):
                 self.links.append(attrs[key])
+        if tag == "article":
+            self._article = attrs.get("id")
+        elif tag == "details":
+            self._details.append(attrs.get("id") or f"details-{len(self.details)}")
+            self.details[self._details[-1]] = []
         if tag == "table":
             self._table = attrs.get("id") or f"table-{len(self.tables)}"
             self.tables[self._table] = []
+            self.table_classes[self._table] = attrs.get("class") or ""
+            for open_details in self._details:
+                self.details[open_details].append(self._table)
         elif tag == "tr" and self._table:
             self._row = []
         elif tag in ("td", "th") and self._row is not None:
             self._cell = []
         elif tag == "figure":
-            self._figure = {"kind": attrs.get("data-kind"), "svg_elements": 0, "caption": ""}
+            self._figure = {
+                "kind": attrs.get("data-kind"),
+                "svg_elements": 0,
+                "caption": "",
+                "article": self._article,
+                "folded": bool(self._details),
+            }
         elif self._figure is not None and tag in ("path", "rect", "line", "text", "use"):
             self._figure["svg_elements"] += 1
 
     def handle_endtag(self, tag):
+        if tag == "article":
+            self._article = None
+        elif tag == "details" and self._details:
+            self._details.pop()
         if tag in ("td", "th") and self._cell is not None:
             self._row.append("".join(self._cell).strip())
             self._cell = None
@@ -297,12 +333,204 @@ def test_report_renders_studies_deltas_and_curves(tmp_path):
     assert [r["arm"] for r in rows] == ["ce-bce", "ce-kd"]
     assert rows[1]["nDCG@10 sig"] == "▲" and rows[1]["nDCG@10 p"] == "1.20e-04"
     assert rows[1]["reproduce with"].endswith(f"{results}/metrics/dl19/rerank/given/ce-kd/mean.tsv")
+    assert "study-table-obj" in dom.details["study-details-obj"]
+    (compact_row,) = [r for r in dom.rows("study-compact-obj") if r["arm"] == "ce-kd"]
+    assert compact_row["nDCG@10"] == "0.5600▲Δ +0.0600"
+    assert compact_row["queries +/−/= (nDCG@10)"] == "2 / 1 / 2"
     kinds = [f["kind"] for f in dom.figures]
-    assert kinds.count("study-delta") == 1 and kinds.count("curve") == 1
+    assert kinds.count("study-delta") == 1 and kinds.count("study-curve") == 1
+    assert kinds.count("study-intervals") == 1 and kinds.count("curve") == 0
     (delta,) = [f for f in dom.figures if f["kind"] == "study-delta"]
     assert delta["svg_elements"] > 10
     # 2 better, 1 worse, 2 equal; mean delta (0.1+0+0.3-0.1+0)/5 = +0.06
     assert "2 better, 1 worse, 2 equal vs ce-bce (mean Δ +0.0600)" in html
+
+
+# ------------------------------------------------------------------------------------------
+# Studies as a results section: compact table, intervals, overlaid curves, folded details
+# ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def study_inputs(tmp_path_factory):
+    return study_report_inputs(tmp_path_factory.mktemp("studies"))
+
+
+def _by_hand_counts(inputs: ReportInputs, study: str, run: str, measure: str) -> str:
+    deltas = pd.read_csv(inputs.study_deltas[study], sep="\t")
+    chosen = deltas[(deltas["run"] == run) & (deltas["measure"] == measure)]["delta"]
+    return f"{(chosen > 1e-9).sum()} / {(chosen < -1e-9).sum()} / {(chosen.abs() <= 1e-9).sum()}"
+
+
+def test_every_study_has_a_compact_table_an_interval_figure_and_folded_details(study_inputs):
+    html = render(study_inputs, TEMPLATE)
+    dom = Dom(html)
+    assert "<script" not in html
+    for study, spec in FIXTURE_STUDIES.items():
+        compact_id = f"study-compact-{study}"
+        assert dom.headers[compact_id] == [
+            "arm",
+            *spec["measures"],
+            f"queries +/−/= ({spec['measures'][0]})",
+        ]
+        assert "compact" in dom.table_classes[compact_id]
+        # The full table (p-values, commands) and the per-query plots are folded away.
+        assert f"study-table-{study}" in dom.details[f"study-details-{study}"]
+        assert compact_id not in dom.details[f"study-details-{study}"]
+        mine = [f for f in dom.figures if f["article"] == f"study-{study}"]
+        (intervals,) = [f for f in mine if f["kind"] == "study-intervals"]
+        assert not intervals["folded"] and intervals["svg_elements"] > 20
+        assert "95 % bootstrap intervals (1000 resamples" in intervals["caption"]
+        deltas = [f for f in mine if f["kind"] == "study-delta"]
+        assert deltas and all(f["folded"] for f in deltas)
+        assert all(not f["folded"] for f in mine if f["kind"] == "study-curve")
+    rows = {r["arm"]: r for r in dom.rows("study-compact-rerankers")}
+    assert list(rows) == [
+        "cl-guide baseline",
+        "kd-guide",
+        "kd_lion_2e6",
+        "cl-guide (untrained) vs trained",
+        "kd-guide (untrained) vs trained",
+        "kd_lion_2e6 (untrained) vs trained",
+    ]
+    table = pd.read_csv(study_inputs.studies["rerankers"], sep="\t").set_index("run")
+    kd = table.loc["rerank/given/kd-guide"]
+    assert kd["nDCG@10 p_holm"] < 0.05 and kd["nDCG@10 delta"] > 0
+    assert rows["kd-guide"]["nDCG@10"] == f"{kd['nDCG@10']:.4f}▲Δ {kd['nDCG@10 delta']:+.4f}"
+    assert rows["cl-guide baseline"]["queries +/−/= (nDCG@10)"] == "reference"
+    assert rows["kd_lion_2e6"]["queries +/−/= (nDCG@10)"] == _by_hand_counts(
+        study_inputs, "rerankers", "rerank/given/kd_lion_2e6", "nDCG@10"
+    )
+    # Bold: the best trained arm (kd-guide) in every measure, and only there among trained rows.
+    section = html[html.index('id="study-compact-rerankers"') :]
+    section = section[: section.index("</table>")]
+    trained = section[: section.index("cl-guide (untrained)")]
+    assert trained.count("<strong>") == 3
+    assert trained.index("<strong>") > trained.index("kd-guide")
+    # Two datasets: a group row each; the dim variant after the trained arms.
+    embedder = [r[0] for r in dom.tables["study-compact-embedder"]]
+    assert embedder[0] == "scifact-test" and "nfcorpus-test" in embedder
+    assert embedder[1:5] == [
+        "emb-guide baseline",
+        "emb-first",
+        "emb-guide (dim64) baseline",
+        "emb-first (dim64)",
+    ]
+    # Curves overlaid per objective (students) and per loss column (decoders).
+    curves = {
+        study: [f["caption"] for f in dom.figures if f["article"] == f"study-{study}"
+                and f["kind"] == "study-curve"]
+        for study in FIXTURE_STUDIES
+    }  # fmt: skip
+    assert curves["rerankers"] == [
+        "objective cl: loss of cl-guide per optimizer step",
+        "objective kd: loss of kd-guide, kd_lion_2e6 per optimizer step",
+    ]
+    assert curves["embedder"] == [
+        "objective margin_mse: loss of emb-guide, emb-first per optimizer step"
+    ]
+    assert curves["unified"] == [
+        "loss of joint-lora, embed-only, rerank-only per optimizer step",
+        "loss_embed of joint-lora, embed-only per optimizer step",
+        "loss_rerank of joint-lora, rerank-only per optimizer step",
+    ]
+    assert not [f for f in dom.figures if f["kind"] == "curve"]
+    # A config without expectations: one sentence, no empty table, no 0/0/0 badges.
+    assert "This configuration sets no expectations" in html
+    assert "reproduction-table" not in dom.tables and "0 reproduced" not in html
+    assert SMOKE_NOTICE not in html
+
+
+@pytest.mark.parametrize("scale", ["smoke", "small", None])
+def test_smoke_scale_is_said_at_the_top_and_above_every_study_table(study_inputs, scale):
+    html = render(study_inputs, TEMPLATE, scale=scale)
+    if scale != "smoke":
+        assert SMOKE_NOTICE not in html and "Smoke scale" not in html
+        assert (f"Scale: <strong>{scale}</strong>" in html) == (scale is not None)
+        return
+    assert html.count(SMOKE_NOTICE) == 1 + len(FIXTURE_STUDIES)
+    assert html.index(SMOKE_NOTICE) < html.index('id="how-to-rerun"')
+    for study in FIXTURE_STUDIES:
+        article = html[html.index(f'id="study-{study}"') :]
+        assert article.index(SMOKE_NOTICE) < article.index(f'id="study-compact-{study}"')
+
+
+def test_bootstrap_interval_is_seeded_and_brackets_the_mean():
+    values = np.random.default_rng(3).uniform(0, 1, 50)
+    mean, low, high = bootstrap_interval(values)
+    assert (mean, low, high) == bootstrap_interval(values)
+    assert low < mean < high and mean == pytest.approx(values.mean())
+    assert bootstrap_interval(values, seed=1) != (mean, low, high)
+    _, low4, high4 = bootstrap_interval(np.tile(values, 4))
+    assert high4 - low4 < high - low  # more queries, a narrower interval
+    assert bootstrap_interval(np.full(10, 0.5)) == (0.5, 0.5, 0.5)
+
+
+def test_long_commands_wrap_and_tables_collapse_to_cards_on_a_phone(study_inputs):
+    html = render(study_inputs, TEMPLATE)
+    assert "white-space: nowrap; }\n" not in html.split("td.command code")[1][:80]
+    assert '<pre class="cmd"><code>snakemake --profile' in html
+    assert "@media (max-width: 640px)" in html and "content: attr(data-label)" in html
+    dom = Dom(html)
+    assert all("cards" in css for css in dom.table_classes.values())
+
+
+# ------------------------------------------------------------------------------------------
+# Study tables as LaTeX: booktabs, escaped names, marks; compiled with pdflatex
+# ------------------------------------------------------------------------------------------
+def _pdflatex() -> str | None:
+    found = shutil.which("pdflatex")
+    if found is None and os.environ.get("IRFLOW_REQUIRE_LATEX") == "1":
+        pytest.fail(
+            "IRFLOW_REQUIRE_LATEX=1 but no pdflatex on PATH "
+            "(apt-get install texlive-latex-base texlive-latex-recommended)"
+        )
+    return found
+
+
+def test_escape_spells_out_latex_specials():
+    assert escape("kd_lion 5% & #1 {x} ~y^2 $z\\") == (
+        r"kd\_lion 5\% \& \#1 \{x\} \textasciitilde{}y\textasciicircum{}2 \$z\textbackslash{}"
+    )
+
+
+def test_study_latex_tables_compile(study_inputs, tmp_path):
+    texts = {}
+    for study, spec in FIXTURE_STUDIES.items():
+        out = tmp_path / f"{study}.tex"
+        scale = "smoke" if study == "unified" else None
+        texts[study] = write_study_latex(study, spec, study_inputs.studies[study], out, scale=scale)
+        assert out.read_text() == texts[study]
+    rerankers = texts["rerankers"]
+    for piece in (r"\toprule", r"\midrule", r"\bottomrule", "Arm & nDCG@10 & RR@10 & AP \\\\",
+                  r"kd\_lion\_2e6 (untrained)", r"\textbf{", r"$^{\dagger}$", r"$^{\ddagger}$",
+                  "two-sided paired t-test", "Holm's correction", "$p < 0.05$",
+                  r"\label{tab:study-rerankers}"):  # fmt: skip
+        assert piece in rerankers, piece
+    assert "kd_lion" not in rerankers.replace(r"kd\_lion", "")
+    table = pd.read_csv(study_inputs.studies["rerankers"], sep="\t").set_index("run")
+    kd = table.loc["rerank/given/kd-guide"]
+    assert f"kd-guide & \\textbf{{{kd['nDCG@10']:.4f}}}$^{{\\dagger}}$ & " in rerankers
+    assert "randomization test" in texts["embedder"]
+    assert r"\multicolumn{3}{l}{\textit{scifact-test}}" in texts["embedder"]
+    assert texts["unified"].count("Smoke scale") == 1
+    pdflatex = _pdflatex()
+    if pdflatex is None:
+        pytest.skip("pdflatex not installed (set IRFLOW_REQUIRE_LATEX=1 to require it)")
+    (tmp_path / "paper.tex").write_text(
+        "\\documentclass{article}\n\\usepackage{booktabs}\n\\begin{document}\n"
+        + "".join(f"\\input{{{study}.tex}}\n" for study in FIXTURE_STUDIES)
+        + "Tables~\\ref{tab:study-rerankers}.\n\\end{document}\n"
+    )
+    done = subprocess.run(
+        [pdflatex, "-interaction=nonstopmode", "-halt-on-error", "paper.tex"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:]
+    assert (tmp_path / "paper.pdf").stat().st_size > 1000
+    log = (tmp_path / "paper.log").read_text(errors="replace")
+    assert "Overfull \\hbox" not in log and "Undefined control sequence" not in log
 
 
 # ------------------------------------------------------------------------------------------
@@ -324,6 +552,72 @@ CHROMIUM_FLAGS = [
     # No network at all: a page that needed a CDN would show it.
     "--host-resolver-rules=MAP * ~NOTFOUND",
 ]
+
+
+def _shoot(chromium: str, page: Path, shot: Path, width: int, height: int) -> np.ndarray:
+    done = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, f"--window-size={width},{height}", f"--screenshot={shot}",
+         page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0 and shot.is_file(), done.stderr[-2000:]
+    import matplotlib.image
+
+    return matplotlib.image.imread(str(shot))[..., :3]
+
+
+def _heading_rules(pixels: np.ndarray) -> list[int]:
+    """Rows where a section heading's 2 px rule (the --line colour across the page) starts."""
+    line = np.array([0xD9, 0xDE, 0xE2]) / 255
+    ruled = (np.abs(pixels - line).max(axis=2) < 0.02).mean(axis=1) > 0.7
+    return [int(y) for y in np.flatnonzero(ruled[:-1] & ruled[1:] & ~np.r_[False, ruled[:-2]])]
+
+
+def test_study_section_in_headless_chromium_at_desktop_and_phone_width(study_inputs, tmp_path):
+    """The studies of the fixture, smoke scale, at 1280 and 390 px: nothing runs past the right
+    edge (the page has 14-28 px of white margin there, so an overflowing table or command would
+    paint into it), and the page ends within the window. With IRFLOW_SCREENSHOT_DIR the
+    screenshots (trimmed to the page) are kept as report-studies-<width>.png."""
+    chromium = _chromium()
+    if chromium is None:
+        pytest.skip("chromium not installed (set IRFLOW_REQUIRE_CHROMIUM=1 to require it)")
+    from dataclasses import replace
+
+    from PIL import Image
+
+    page = tmp_path / "index.html"
+    write_report(replace(study_inputs, metric_files=[]), page, TEMPLATE, scale="smoke")
+    dumped = subprocess.run(
+        [chromium, *CHROMIUM_FLAGS, "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert dumped.returncode == 0, dumped.stderr[-2000:]
+    dom = Dom(dumped.stdout)
+    for study in FIXTURE_STUDIES:
+        assert len(dom.tables[f"study-compact-{study}"]) >= len(FIXTURE_STUDIES[study]["arms"])
+        assert f"study-table-{study}" in dom.details[f"study-details-{study}"]
+    for width, height in ((1280, 8000), (390, 20000)):
+        pixels = _shoot(chromium, page, tmp_path / f"shot-{width}.png", width, height)
+        assert pixels.shape[:2] == (height, width)
+        ink = (pixels < 0.9).any(axis=2)
+        rows = np.flatnonzero(ink.any(axis=1))
+        end = int(rows[-1]) + 24
+        assert end < height - 24, f"the page is longer than {height} px at {width} px"
+        below_nav = ink[260:end]  # the nav wraps to three lines on a phone
+        assert not below_nav[:, -6:].any(), f"something runs past the right edge at {width} px"
+        assert 0.02 < ink[:end].mean() < 0.6
+        if os.environ.get("IRFLOW_SCREENSHOT_DIR"):
+            target = Path(os.environ["IRFLOW_SCREENSHOT_DIR"]) / f"report-studies-{width}.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Down to the section after the studies (its heading's rule, less the heading).
+            section_rules = _heading_rules(pixels)
+            studies_end = section_rules[3] - 48 if len(section_rules) > 3 else end
+            Image.open(tmp_path / f"shot-{width}.png").crop((0, 0, width, studies_end)).save(target)
+            print(f"report screenshot: {target}")
 
 
 @pytest.fixture(scope="module")

@@ -23,13 +23,14 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import yaml
 
 from irflow.checks import read_reproduction_table
 from irflow.io import InputError, write_text_atomic
 from irflow.provenance import now_iso, redact
-from irflow.report import plots
+from irflow.report import compact, plots
 
 DEFAULT_TEMPLATE = Path(__file__).resolve().parents[3] / "reports" / "templates" / "report.html.j2"
 
@@ -49,6 +50,8 @@ class ReportInputs:
     curves: dict[str, str] = field(default_factory=dict)  # student -> curves.jsonl
     # decoder arm -> {"grad_cosine" | "expert_usage": SVG file} (irflow.decoder.diagnostics)
     decoder_plots: dict[str, dict[str, str]] = field(default_factory=dict)
+    # decoder arm -> train_log.tsv; where absent, results_dir/decoders/<arm>/diagnostics/
+    train_logs: dict[str, str] = field(default_factory=dict)
     reproduction: str | None = None
     cost: str | None = None
     manifest: str | None = None
@@ -156,6 +159,222 @@ def metric_rows(inputs: ReportInputs) -> dict | None:
     return shown
 
 
+BOOTSTRAP_RESAMPLES = 1000
+BOOTSTRAP_SEED = 0
+SMOKE_NOTICE = "Smoke scale: these numbers show that the pipeline runs, not findings."
+
+
+def bootstrap_interval(
+    values: np.ndarray,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
+    """(mean, low, high): the mean over queries and its percentile bootstrap interval
+    (``resamples`` resamples of the queries with replacement, from a seeded generator)."""
+    values = np.asarray(values, dtype=float)
+    rng = np.random.default_rng(seed)
+    means = np.empty(resamples)
+    chunk = max(1, 2_000_000 // max(len(values), 1))  # bounded memory on large query sets
+    for start in range(0, resamples, chunk):
+        stop = min(resamples, start + chunk)
+        index = rng.integers(0, len(values), size=(stop - start, len(values)))
+        means[start:stop] = values[index].mean(axis=1)
+    tail = (1 - level) / 2 * 100
+    low, high = np.percentile(means, [tail, 100 - tail])
+    return float(values.mean()), float(low), float(high)
+
+
+def _per_query_values(inputs: ReportInputs, deltas: pd.DataFrame | None, dataset, run, measure):
+    """A study row's per-query values: its metric file, else the per-query delta table."""
+    path = Path(inputs.results_dir) / "metrics" / dataset / run / "per-query.tsv"
+    if path.is_file():
+        frame = _read_tsv(str(path))
+        if measure in frame.columns:
+            return pd.to_numeric(frame[measure], errors="coerce").dropna().to_numpy()
+    if deltas is not None and len(deltas):
+        chosen = deltas[(deltas["measure"] == measure) & (deltas["dataset"] == dataset)]
+        mine = chosen[chosen["run"] == run]
+        if len(mine):
+            return mine["value"].to_numpy(dtype=float)
+        theirs = chosen[chosen["reference"] == run].drop_duplicates("query_id")
+        if len(theirs):
+            return theirs["reference_value"].to_numpy(dtype=float)
+    return None
+
+
+def _signed(value: float | None) -> str:
+    return "" if value is None else f"{value:+.4f}"
+
+
+def spec_baseline(spec: dict) -> str:
+    return spec.get("baseline") or (spec.get("arms") or [""])[0]
+
+
+def compact_table(measures: list[str], rows: list[compact.Row], study: str, spec: dict) -> dict:
+    """The paper-style table's cells (see :mod:`irflow.report.compact`) for the template."""
+    primary = measures[0] if measures else ""
+    groups: list[dict] = []
+    for row in rows:
+        if not groups or groups[-1]["dataset"] != row.dataset:
+            groups.append({"dataset": row.dataset, "rows": []})
+        cells = []
+        for measure in measures:
+            cell = row.cells[measure]
+            title = ""
+            if cell.p_holm is not None:
+                title = f"Holm-adjusted p = {fmt(cell.p_holm)} vs {row.reference_arm}"
+            cells.append(
+                {
+                    "label": measure,
+                    "mean": fmt(cell.mean),
+                    "best": cell.best,
+                    "mark": {"better": "▲", "worse": "▼"}.get(cell.sig, ""),
+                    "sig": cell.sig,
+                    "delta": _signed(cell.delta),
+                    "title": title,
+                }
+            )
+        if row.counts is not None:
+            counts = "{} / {} / {}".format(*row.counts)
+        else:
+            counts = "reference" if not row.reference else ""
+        groups[-1]["rows"].append(
+            {
+                "label": row.label,
+                "reference": row.reference_arm,
+                "is_reference": not row.reference,
+                "tag": "baseline"
+                if not row.reference and row.arm == spec_baseline(spec)
+                else ("vs trained" if row.variant == "untrained" else ""),
+                "first_of_variant": row.first_of_variant,
+                "cells": cells,
+                "counts": counts,
+            }
+        )
+    return {
+        "id": f"study-compact-{study}",
+        "measures": measures,
+        "counts_column": f"queries +/−/= ({primary})",
+        "groups": groups,
+        "many_datasets": len(groups) > 1,
+    }
+
+
+def study_interval_figure(
+    inputs: ReportInputs, measures: list[str], rows: list[compact.Row], deltas, baseline: str
+) -> dict | None:
+    """Every row of the study with its 95 % bootstrap interval, one panel per measure."""
+    labels, groups, is_base, intervals = [], [], [], {m: [] for m in measures}
+    datasets = {r.dataset for r in rows}
+    for row in rows:
+        found = False
+        for measure in measures:
+            values = _per_query_values(inputs, deltas, row.dataset, row.run, measure)
+            entry = bootstrap_interval(values) if values is not None and len(values) else None
+            intervals[measure].append(entry)
+            found = found or entry is not None
+        if not found:
+            for measure in measures:
+                intervals[measure].pop()
+            continue
+        label = row.label if len(datasets) == 1 else f"{row.dataset} · {row.label}"
+        labels.append(label)
+        groups.append(f"{row.dataset}\t{row.variant}")
+        is_base.append(row.arm == baseline and not row.reference)
+    if not labels:
+        return None
+    svg = plots.arm_intervals(labels, measures, intervals, is_base, groups)
+    return {
+        "caption": (
+            f"Mean over queries with 95 % bootstrap intervals ({BOOTSTRAP_RESAMPLES} resamples "
+            f"of the queries, seed {BOOTSTRAP_SEED}); hollow: the baseline arm {baseline}, "
+            "dotted: its mean."
+        ),
+        "svg": svg,
+    }
+
+
+def _read_curve(path: str) -> list[dict]:
+    rows = []
+    with open(path, encoding="utf-8") as handle:
+        for number, line in enumerate(handle, start=1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError as err:
+                raise InputError(f"{path}:{number}: not JSON ({err.msg})") from None
+    return rows
+
+
+def _read_train_log(path: str) -> list[dict]:
+    """A decoder's train_log.tsv (one row per optimizer step, the step counted per stage) as
+    curve rows with a global step (the row's position) and its stage."""
+    frame = pd.read_csv(path, sep="\t")
+    rows = []
+    for position, record in enumerate(frame.to_dict("records"), start=1):
+        row = {"step": position, "stage": record.get("stage")}
+        for key, value in record.items():
+            if "loss" in str(key) and isinstance(value, int | float) and not math.isnan(value):
+                row[key] = float(value)
+        rows.append(row)
+    return rows
+
+
+def _objective_of(config: dict, arm: str) -> str:
+    student = (config.get("students") or {}).get(arm) or {}
+    objective = (student.get("training") or {}).get("objective") or {}
+    if isinstance(objective, str):
+        return objective
+    return str(objective.get("name") or "")
+
+
+def study_curves(inputs: ReportInputs, spec: dict) -> list[dict]:
+    """The study's arms overlaid: one plot per objective (students of one objective share a
+    loss scale; arms of different objectives do not) and per loss column (a decoder logs the
+    total loss and each task's)."""
+    arms = list(spec.get("arms") or [])
+    logs: dict[str, list[dict]] = {}
+    for arm in arms:
+        if _exists(inputs.curves.get(arm)):
+            logs[arm] = _read_curve(inputs.curves[arm])
+        elif _exists(inputs.train_logs.get(arm)):
+            logs[arm] = _read_train_log(inputs.train_logs[arm])
+        else:
+            decoder_log = Path(inputs.results_dir) / "decoders" / arm / "diagnostics"
+            if (decoder_log / "train_log.tsv").is_file():
+                logs[arm] = _read_train_log(str(decoder_log / "train_log.tsv"))
+    by_objective: dict[str, list[str]] = {}
+    for arm in logs:
+        by_objective.setdefault(_objective_of(inputs.config, arm), []).append(arm)
+    figures = []
+    for objective, members in by_objective.items():
+        keys = sorted(
+            {k for arm in members for row in logs[arm] for k in row if "loss" in str(k)},
+            key=lambda k: (k != "loss", k),
+        )
+        for key in keys:
+            series = {
+                arm: [
+                    (float(r["step"]), float(r[key]))
+                    for r in logs[arm]
+                    if isinstance(r.get("step"), int | float)
+                    and isinstance(r.get(key), int | float)
+                    and not isinstance(r.get(key), bool)
+                ]
+                for arm in members
+            }
+            what = f"objective {objective}: {key}" if objective else key
+            svg = plots.overlaid_curves(series, what, key, "optimizer step")
+            if svg:
+                shown = [arm for arm in members if series[arm]]
+                figures.append(
+                    {"caption": f"{what} of {', '.join(shown)} per optimizer step", "svg": svg}
+                )
+    return figures
+
+
 def study_sections(inputs: ReportInputs) -> list[dict]:
     sections = []
     for study, path in sorted(inputs.studies.items()):
@@ -163,6 +382,10 @@ def study_sections(inputs: ReportInputs) -> list[dict]:
             continue
         frame = _read_tsv(path)
         spec = inputs.study_specs.get(study, {})
+        baseline = spec.get("baseline") or (spec.get("arms") or [""])[0]
+        deltas_path = inputs.study_deltas.get(study)
+        deltas = _read_tsv(deltas_path) if _exists(deltas_path) else None
+        measures, rows = compact.compact_rows(frame, spec, deltas)
         shown = table(frame)
         if {"dataset", "run"} <= set(frame.columns):
             shown["columns"].append("reproduce with")
@@ -170,33 +393,34 @@ def study_sections(inputs: ReportInputs) -> list[dict]:
                 target = metric_target(inputs.results_dir, record["dataset"], record["run"])
                 cells.append({"text": command_for(inputs, target), "class": "command"})
         plots_svg = []
-        deltas_path = inputs.study_deltas.get(study)
-        if _exists(deltas_path):
-            deltas = _read_tsv(deltas_path)
-            measures = spec.get("measures") or list(dict.fromkeys(deltas.get("measure", [])))
-            primary = measures[0] if measures else None
-            if primary is not None and len(deltas):
-                chosen = deltas[deltas["measure"] == primary]
-                keys = ["dataset", "run", "reference"]
-                for (dataset, run, reference), group in chosen.groupby(keys, sort=False):
-                    plots_svg.append(
-                        {
-                            "caption": f"{dataset}: {run} − {reference}, {primary} per query",
-                            "svg": plots.per_query_delta(
-                                list(group["query_id"]),
-                                list(group["delta"]),
-                                f"{dataset} · {run.split('/')[-1]}",
-                                primary,
-                                str(reference).split("/")[-1],
-                            ),
-                        }
-                    )
+        primary = measures[0] if measures else None
+        if deltas is not None and primary is not None and len(deltas):
+            chosen = deltas[deltas["measure"] == primary]
+            keys = ["dataset", "run", "reference"]
+            for (dataset, run, reference), group in chosen.groupby(keys, sort=False):
+                plots_svg.append(
+                    {
+                        "caption": f"{dataset}: {run} − {reference}, {primary} per query",
+                        "svg": plots.per_query_delta(
+                            list(group["query_id"]),
+                            list(group["delta"]),
+                            f"{dataset} · {run.split('/')[-1]}",
+                            primary,
+                            str(reference).split("/")[-1],
+                        ),
+                    }
+                )
         sections.append(
             {
                 "name": study,
                 "description": spec.get("description", ""),
-                "baseline": spec.get("baseline") or (spec.get("arms") or [""])[0],
+                "baseline": baseline,
                 "arms": spec.get("arms", []),
+                "test": compact.describe_test(spec),
+                "alpha": spec.get("alpha", 0.05),
+                "compact": compact_table(measures, rows, study, spec) if measures else None,
+                "intervals": study_interval_figure(inputs, measures, rows, deltas, baseline),
+                "curves": study_curves(inputs, spec),
                 "table": shown,
                 "plots": plots_svg,
             }
@@ -239,19 +463,19 @@ def baseline_delta_plots(inputs: ReportInputs, measure: str = "nDCG@10") -> list
 
 
 def curve_plots(inputs: ReportInputs) -> list[dict]:
+    """Training curves of students that are no arm of a study shown in the report (a study's
+    arms are drawn together in its own section)."""
+    in_studies = {
+        arm
+        for study, spec in inputs.study_specs.items()
+        if _exists(inputs.studies.get(study))
+        for arm in spec.get("arms") or []
+    }
     figures = []
     for student, path in sorted(inputs.curves.items()):
-        if not _exists(path):
+        if student in in_studies or not _exists(path):
             continue
-        rows = []
-        with open(path, encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                if not line.strip():
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError as err:
-                    raise InputError(f"{path}:{number}: not JSON ({err.msg})") from None
+        rows = _read_curve(path)
         svg = plots.training_curves(rows, f"student {student} ({len(rows)} logged steps)")
         if svg:
             figures.append({"caption": f"training curve of {student}", "svg": svg})
@@ -293,7 +517,11 @@ def reproduction_section(inputs: ReportInputs) -> dict | None:
         return None
     frame = read_reproduction_table(inputs.reproduction)
     counts = {s: int((frame["status"] == s).sum()) for s in ("reproduced", "missed", "missing")}
-    return {"table": table(frame, classes={"status": "status"}), "counts": counts}
+    return {
+        "table": table(frame, classes={"status": "status"}),
+        "counts": counts,
+        "empty": len(frame) == 0,
+    }
 
 
 def cost_section(inputs: ReportInputs) -> dict | None:
@@ -371,7 +599,14 @@ def provenance_section(inputs: ReportInputs) -> dict | None:
     }
 
 
-def render(inputs: ReportInputs, template: str | os.PathLike = DEFAULT_TEMPLATE) -> str:
+def render(
+    inputs: ReportInputs,
+    template: str | os.PathLike = DEFAULT_TEMPLATE,
+    scale: str | None = None,
+) -> str:
+    """The page. ``scale`` (the config's ``scale:``, smoke | small | paper): at ``smoke`` the
+    page says, at the top and above every study table, that its numbers show that the pipeline
+    runs, not findings; None shows nothing."""
     from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
 
     template = Path(template)
@@ -389,6 +624,8 @@ def render(inputs: ReportInputs, template: str | os.PathLike = DEFAULT_TEMPLATE)
     baselines = _read_tsv(inputs.baselines) if _exists(inputs.baselines) else None
     context = {
         "title": inputs.title,
+        "scale": scale,
+        "smoke_notice": SMOKE_NOTICE if scale == "smoke" else None,
         "generated": now_iso(),
         "results_dir": inputs.results_dir,
         "reproduction": reproduction_section(inputs),
@@ -410,15 +647,20 @@ def render(inputs: ReportInputs, template: str | os.PathLike = DEFAULT_TEMPLATE)
         for figure in context[section]:
             figure["svg"] = Markup(figure["svg"])
     for study in context["studies"]:
-        for figure in study["plots"]:
-            figure["svg"] = Markup(figure["svg"])
+        for figure in [*study["plots"], *study["curves"], study["intervals"]]:
+            if figure is not None:
+                figure["svg"] = Markup(figure["svg"])
     html = env.get_template(template.name).render(**context)
     return redact(html)
 
 
 def write_report(
-    inputs: ReportInputs, output: str | os.PathLike, template: str | os.PathLike = DEFAULT_TEMPLATE
+    inputs: ReportInputs,
+    output: str | os.PathLike,
+    template: str | os.PathLike = DEFAULT_TEMPLATE,
+    scale: str | None = None,
 ) -> str:
-    html = render(inputs, template)
+    """Render the page (see :func:`render` for ``scale``) and write it atomically."""
+    html = render(inputs, template, scale=scale)
     write_text_atomic(output, html)
     return html

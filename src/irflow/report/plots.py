@@ -8,6 +8,7 @@ and searchable.
 from __future__ import annotations
 
 import io
+import math
 import re
 
 import matplotlib
@@ -98,4 +99,94 @@ def training_curves(rows: list[dict], title: str) -> str | None:
             else:
                 ax.set_ylabel("learning rate")
         fig.suptitle(title, fontsize=9, x=0.01, ha="left")
+        return _svg(fig)
+
+
+PALETTE = ("#1f5f8b", "#c0392b", "#2a7d4f", "#8e44ad", "#d68910", "#17a589", "#5d6d7e",
+           "#a04000", "#2e4053", "#b7950b")  # fmt: skip
+
+
+def arm_intervals(
+    labels: list[str],
+    measures: list[str],
+    intervals: dict[str, list[tuple[float, float, float] | None]],
+    baseline: list[bool],
+    groups: list[str] | None = None,
+) -> str:
+    """Every row's mean with its 95 % interval, one panel per measure, rows top to bottom.
+
+    ``intervals[measure][i]``: (mean, low, high) of row ``labels[i]`` or None; ``baseline[i]``
+    marks the baseline's rows (drawn hollow, with a dotted line through their mean); ``groups``
+    (e.g. the dataset of each row) draws a separator where it changes."""
+    n = len(labels)
+    columns = min(len(measures), 3)
+    panel_rows = math.ceil(len(measures) / columns)
+    height = 0.6 + 0.26 * n
+    with plt.rc_context(STYLE):
+        fig, axes = plt.subplots(
+            panel_rows,
+            columns,
+            figsize=(2.5 * columns + 1.6, height * panel_rows),
+            squeeze=False,
+            sharey=True,
+        )
+        ys = np.arange(n)[::-1]
+        for k, ax in enumerate(axes.flat):
+            if k >= len(measures):
+                ax.set_visible(False)
+                continue
+            measure = measures[k]
+            for i, entry in enumerate(intervals[measure]):
+                if entry is None:
+                    continue
+                mean, low, high = entry
+                color = NEUTRAL if baseline[i] else PALETTE[0]
+                ax.plot([low, high], [ys[i], ys[i]], color=color, linewidth=1.6)
+                ax.plot(
+                    [mean],
+                    [ys[i]],
+                    marker="o",
+                    markersize=4.5,
+                    color=color,
+                    markerfacecolor="white" if baseline[i] else color,
+                )
+                if baseline[i]:
+                    span = [ys[i] + 0.5, ys[i] - 0.5]
+                    if groups is not None:  # through the baseline's own dataset group
+                        same = [j for j in range(n) if groups[j] == groups[i]]
+                        span = [ys[same[0]] + 0.5, ys[same[-1]] - 0.5]
+                    ax.plot([mean, mean], span, color=NEUTRAL, linewidth=0.6, linestyle=":")
+            if groups is not None:
+                for i in range(1, n):
+                    if groups[i] != groups[i - 1]:
+                        ax.axhline(ys[i] + 0.5, color="#cccccc", linewidth=0.6)
+            ax.set_title(measure, fontsize=9, loc="left")
+            ax.set_ylim(-0.6, n - 0.4)
+            ax.grid(axis="x", color="#eeeeee", linewidth=0.6)
+            ax.tick_params(axis="y", length=0)
+        axes[0][0].set_yticks(ys)
+        axes[0][0].set_yticklabels(labels)
+        for row in axes:
+            row[0].set_yticks(ys)
+            row[0].set_yticklabels(labels)
+        fig.tight_layout()
+        return _svg(fig)
+
+
+def overlaid_curves(
+    series: dict[str, list[tuple[float, float]]], title: str, ylabel: str, xlabel: str = "step"
+) -> str | None:
+    """One line per arm (``series``: arm -> [(step, value)]), in one plot."""
+    series = {name: points for name, points in series.items() if points}
+    if not series:
+        return None
+    with plt.rc_context(STYLE):
+        fig, ax = plt.subplots(figsize=(4.6, 2.8))
+        for k, (name, points) in enumerate(series.items()):
+            xs, ys = zip(*points, strict=True)
+            ax.plot(xs, ys, linewidth=1.2, label=name, color=PALETTE[k % len(PALETTE)])
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.legend(fontsize=7, frameon=False)
+        ax.set_title(title, fontsize=9, loc="left")
         return _svg(fig)
