@@ -254,17 +254,22 @@ def names_of(section):
     return "|".join(re.escape(n) for n in PLAN.names(section)) or _nothing()
 
 
-def student_training_set(wildcards):
-    return settings("students", wildcards.student)["data"]["training_set"]
+def training_inputs(section):
+    """Input function: the training data, queries and corpus of a student or decoder arm."""
+
+    def inputs(wildcards):
+        name = wildcards.student if section == "students" else wildcards.arm
+        return PLAN.training_inputs(section, name)
+
+    return inputs
 
 
-def student_queries(wildcards):
-    return f"{RESULTS}/training-data/{student_training_set(wildcards)}/queries.parquet"
+def checkpoint_folder(section):
+    def folder(wildcards):
+        name = wildcards.student if section == "students" else wildcards.arm
+        return PLAN.checkpoint_folder(section, name)
 
-
-def student_corpus(wildcards):
-    dataset = settings("training_sets", student_training_set(wildcards))["dataset"]
-    return f"{RESULTS}/data/corpora/{corpus_of(dataset)}/corpus.parquet"
+    return folder
 
 
 def student_init(wildcards):
@@ -283,9 +288,7 @@ def study_runs(study):
 
 def any_study_runs(study):
     """(arm, variant name, dataset, run) rows of a students' or a decoder study's table."""
-    if study in PLAN.names("decoder_studies"):
-        return decoder_study_runs(study)
-    return study_runs(study)
+    return PLAN.study_runs(study)
 
 
 def all_study_specs():

@@ -37,9 +37,7 @@ rule convert_gguf:
 
 rule train_unified:
     input:
-        data=decoder_data,
-        queries=decoder_queries,
-        corpus=decoder_training_corpus,
+        unpack(training_inputs("decoders")),
         base=decoder_base_input,
     output:
         model=directory(f"{RESULTS}/decoders/{{arm}}/model"),
@@ -65,9 +63,7 @@ rule train_unified:
         spec=lambda wildcards: decoder_spec(wildcards.arm),
         base=lambda wildcards: decoder_base_entry(wildcards.arm),
         data=lambda wildcards: settings("decoders", wildcards.arm)["data"],
-        # Outside the declared outputs, so that a killed job's checkpoints survive for the
-        # rerun to resume from (training.checkpoint_every_steps).
-        checkpoints=lambda wildcards: f"{RESULTS}/checkpoints/decoders/{wildcards.arm}",
+        checkpoints=checkpoint_folder("decoders"),
     script:
         "../workflow_scripts/train_unified.py"
 

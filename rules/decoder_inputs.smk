@@ -14,13 +14,9 @@
 # Arm names therefore must not be model, retriever or reranker names (checked below).
 import os
 
-from irflow.decoder.spec import TASKS, parse_spec
-from irflow.io import InputError
+from irflow.decoder.spec import TASKS
 
-SPEC_SECTIONS = ("adapter", "embedding", "reranking", "training")
 PACKAGED_GGUF = {"smollm2"}  # irflow.decoder.base.smollm2_gguf_path()
-DECODER_DEFAULT_DEPTH = {"dense": 1000, "cosine": 100, "yesno": 100}
-DECODER_RUN_SUFFIX = {"cosine": ".cosine", "yesno": ".yesno"}
 
 
 def gguf_name(source):
@@ -50,104 +46,14 @@ def gguf_sources():
 
 
 def decoder_spec(arm):
-    """The arm's irflow.decoder spec dict (the four sections; seed defaults to config seed)."""
-    entry = settings("decoders", arm)
-    spec = {k: entry[k] for k in SPEC_SECTIONS if k in entry}
-    training = dict(spec.get("training") or {})
-    training.setdefault("seed", PLAN.seed)
-    spec["training"] = training
-    return spec
+    return PLAN.decoder_spec(arm)
 
 
 def parsed_decoder_spec(arm):
-    try:
-        return parse_spec(decoder_spec(arm), where=f"config: decoders.{arm}")
-    except InputError as err:
-        raise WorkflowError(str(err)) from None
+    return PLAN.parsed_decoder_spec(arm)
 
 
-def check_decoders():
-    gguf_sources()
-    for arm, spec in PLAN.section("decoders").items():
-        for section in ("models", "retrievers", "rerankers"):
-            if arm in PLAN.names(section):
-                raise WorkflowError(
-                    f"config: decoders.{arm}: the name is also a {section[:-1]} under "
-                    f"'{section}:' (they would share run and embedding paths); rename one"
-                )
-        if isinstance(spec["base"], str):
-            check_reference(f"decoders.{arm}.base", "models", spec["base"])
-        parsed_decoder_spec(arm)
-    try:
-        PLAN.check_decoder_training_data()  # the data must be built
-    except ConfigError as err:
-        raise WorkflowError(str(err)) from None
-
-
-def decoder_runs_of(study):
-    """(arm, variant name, dataset, run, kind, retriever, depth) of a decoder study, in table
-    order: per evaluation, every arm. The variant name is <arm>.<kind>, so the study table's
-    variant column is the evaluation kind (irflow.studies.variant_of)."""
-    spec = settings("decoder_studies", study)
-    rows = []
-    for evaluation in spec["evaluate"]:
-        kind = evaluation["kind"]
-        depth = evaluation.get("depth", DECODER_DEFAULT_DEPTH[kind])
-        retriever = evaluation.get("retriever")
-        for arm in spec["arms"]:
-            if kind == "dense":
-                run = f"first-stage/{arm}"
-            else:
-                run = f"rerank/{retriever}/{arm}{DECODER_RUN_SUFFIX[kind]}"
-            rows.append(
-                (
-                    arm,
-                    f"{arm}.{kind}",
-                    evaluation["dataset"],
-                    run,
-                    kind,
-                    retriever,
-                    depth,
-                )
-            )
-    return rows
-
-
-def check_decoder_studies():
-    """Arms, datasets and retrievers exist; one depth per run file (its path has no depth)."""
-    depths = {}
-    for study, spec in PLAN.section("decoder_studies").items():
-        if study in PLAN.section("studies"):
-            raise WorkflowError(
-                f"config: decoder_studies.{study}: 'studies:' has a study of that name too "
-                f"(both write results/tables/studies/{study}.tsv); rename one"
-            )
-        for arm in spec["arms"]:
-            check_reference(f"decoder_studies.{study}.arms", "decoders", arm)
-        if "baseline" in spec and spec["baseline"] not in spec["arms"]:
-            raise WorkflowError(
-                f"config: decoder_studies.{study}.baseline {spec['baseline']!r} is not one of "
-                f"its arms {spec['arms']}"
-            )
-        for i, evaluation in enumerate(spec["evaluate"]):
-            where = f"decoder_studies.{study}.evaluate[{i}]"
-            check_reference(f"{where}.dataset", "datasets", evaluation["dataset"])
-            if "retriever" in evaluation:
-                check_reference(
-                    f"{where}.retriever", "retrievers", evaluation["retriever"]
-                )
-        for arm, _, dataset, run, kind, _, depth in decoder_runs_of(study):
-            if depths.setdefault((dataset, run), depth) != depth:
-                raise WorkflowError(
-                    f"config: decoder_studies.{study} evaluates {run} on {dataset} at depth "
-                    f"{depth}, but another evaluation asks for depth {depths[(dataset, run)]} "
-                    f"(the run file is the same); use one depth"
-                )
-    return depths
-
-
-check_decoders()
-DECODER_DEPTHS = check_decoder_studies()
+gguf_sources()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -172,7 +78,7 @@ def decoder_base_input(wildcards):
         return model_input(base)
     if "gguf" in base:
         return f"{RESULTS}/models/{gguf_name(base['gguf'])}"
-    return []
+    return PLAN.folder_files(base["path"]) if base.get("path") else []
 
 
 def gguf_file_input(wildcards):
@@ -180,23 +86,6 @@ def gguf_file_input(wildcards):
     file is found by the job itself (irflow.decoder.base.smollm2_gguf_path)."""
     source = gguf_sources()[wildcards.gguf]
     return [] if source in PACKAGED_GGUF else source
-
-
-def decoder_training_set(wildcards):
-    return settings("decoders", wildcards.arm)["data"]["training_set"]
-
-
-def decoder_data(wildcards):
-    return student_data_path(wildcards.arm, "decoders")
-
-
-def decoder_queries(wildcards):
-    return f"{RESULTS}/training-data/{decoder_training_set(wildcards)}/queries.parquet"
-
-
-def decoder_training_corpus(wildcards):
-    dataset = settings("training_sets", decoder_training_set(wildcards))["dataset"]
-    return f"{RESULTS}/data/corpora/{corpus_of(dataset)}/corpus.parquet"
 
 
 def decoder_model(wildcards):
@@ -210,11 +99,8 @@ def decoder_inputs_of(wildcards):
 
 def decoder_depth(kind):
     def depth(wildcards):
-        if kind == "dense":
-            run = f"first-stage/{wildcards.arm}"
-        else:
-            run = f"rerank/{wildcards.retriever}/{wildcards.arm}{DECODER_RUN_SUFFIX[kind]}"
-        return DECODER_DEPTHS.get((wildcards.dataset, run), DECODER_DEFAULT_DEPTH[kind])
+        retriever = getattr(wildcards, "retriever", None)
+        return PLAN.decoder_depth(kind, wildcards.dataset, wildcards.arm, retriever)
 
     return depth
 
@@ -247,7 +133,7 @@ def decoder_report_plots():
 
 def decoder_study_runs(study):
     """(arm, variant name, dataset, run) rows of a decoder study table (irflow.studies)."""
-    return [row[:4] for row in decoder_runs_of(study)]
+    return PLAN.study_runs(study)
 
 
 def decoder_targets():

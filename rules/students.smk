@@ -32,9 +32,7 @@ rule init_student:
 
 rule train_student:
     input:
-        data=lambda wildcards: student_data_path(wildcards.student),
-        queries=student_queries,
-        corpus=student_corpus,
+        unpack(training_inputs("students")),
         init=student_init,
     output:
         model=directory(f"{RESULTS}/students/{{student}}/model"),
@@ -58,9 +56,7 @@ rule train_student:
         ),
     params:
         student=student_params,
-        # Outside the declared outputs, so that a killed job's checkpoints survive and the
-        # rerun resumes from them (Snakemake deletes a failed job's outputs).
-        checkpoints=lambda wildcards: f"{RESULTS}/checkpoints/students/{wildcards.student}",
+        checkpoints=checkpoint_folder("students"),
     script:
         "../workflow_scripts/train_student.py"
 

@@ -59,6 +59,10 @@ NAMED_SECTIONS = (
     "decoder_studies",
 )
 SCALES = ("smoke", "small", "paper")
+# A decoder arm is evaluated as a dense retriever, a cosine reranker or a yes/no reranker.
+DECODER_DEFAULT_DEPTH = {"dense": 1000, "cosine": 100, "yesno": 100}
+DECODER_RUN_SUFFIX = {"cosine": ".cosine", "yesno": ".yesno"}
+DECODER_SPEC_SECTIONS = ("adapter", "embedding", "reranking", "training")
 
 
 class ConfigError(InputError):
@@ -219,6 +223,8 @@ class Plan:
         self._check_references()
         self._check_training_data("students")
         self._parse_student_training()
+        self._check_decoders()
+        self._decoder_depths = self._check_decoder_studies()
 
     # -- construction -----------------------------------------------------------------------
     @classmethod
@@ -281,8 +287,10 @@ class Plan:
         if produced:
             return [produced[0]]
         path = self._models.get(name, {}).get("path")
-        if not path:
-            return []
+        return self.folder_files(path) if path else []
+
+    def folder_files(self, path: str) -> list[str]:
+        """Every file below a model folder (hidden ones aside), as paths under ``path``."""
         folder = Path(path)
         if not folder.is_absolute():
             folder = self.workdir / folder
@@ -405,11 +413,7 @@ class Plan:
                     f"config: studies.{study}.evaluate asks for depths {sorted(depths)}; a "
                     f"study evaluates every dataset to one depth"
                 )
-            if "baseline" in spec and spec["baseline"] not in spec["arms"]:
-                raise ConfigError(
-                    f"config: studies.{study}.baseline {spec['baseline']!r} is not one of its "
-                    f"arms {spec['arms']}"
-                )
+            self._check_baseline("studies", study, spec)
             for _, name, section, entry in self.study_variants(study):
                 table = self._rerankers if section == "rerankers" else self._retrievers
                 existing = table.get(name)
@@ -422,6 +426,14 @@ class Plan:
                         f"'{section}:' already has {name!r} as {existing} (another study, or "
                         f"configured); give the studies one depth or rename"
                     )
+
+    @staticmethod
+    def _check_baseline(section: str, study: str, spec: Mapping) -> None:
+        if "baseline" in spec and spec["baseline"] not in spec["arms"]:
+            raise ConfigError(
+                f"config: {section}.{study}.baseline {spec['baseline']!r} is not one of its "
+                f"arms {spec['arms']}"
+            )
 
     def _check_references(self) -> None:
         cfg = self._config
@@ -490,8 +502,94 @@ class Plan:
                     + " there"
                 )
 
-    def check_decoder_training_data(self) -> None:
+    # -- decoder arms and decoder studies -------------------------------------------------
+    def decoder_spec(self, arm: str) -> dict:
+        """The arm's irflow.decoder spec dict (deciding keys; seed defaults to the config's)."""
+        entry = deciding(self._config["decoders"][arm], "decoders")
+        spec = {k: entry[k] for k in DECODER_SPEC_SECTIONS if k in entry}
+        spec["training"] = {"seed": self.seed, **(spec.get("training") or {})}
+        return spec
+
+    def parsed_decoder_spec(self, arm: str):
+        from irflow.decoder.spec import parse_spec
+
+        spec = self.decoder_spec(arm)
+        operational = self.checkpoint_every_steps("decoders", arm)
+        spec["training"]["checkpoint_every_steps"] = operational or None
+        try:
+            return parse_spec(spec, where=f"config: decoders.{arm}")
+        except InputError as err:
+            raise ConfigError(str(err)) from None
+
+    def _check_decoders(self) -> None:
+        for arm, spec in self._config["decoders"].items():
+            for section in ("models", "retrievers", "rerankers"):
+                if arm in self.names(section):
+                    raise ConfigError(
+                        f"config: decoders.{arm}: the name is also a {section[:-1]} under "
+                        f"'{section}:' (they would share run and embedding paths); rename one"
+                    )
+            if isinstance(spec["base"], str):
+                self.check_reference(f"decoders.{arm}.base", "models", spec["base"])
+            self.parsed_decoder_spec(arm)
         self._check_training_data("decoders")
+
+    def decoder_study_rows(self, study: str) -> list[tuple]:
+        """(arm, variant name, dataset, run, kind, retriever, depth) of a decoder study, in
+        table order: per evaluation, every arm. The variant name is <arm>.<kind>, so the study
+        table's variant column is the evaluation kind (irflow.studies.variant_of)."""
+        spec = self._config["decoder_studies"][study]
+        rows = []
+        for evaluation in spec["evaluate"]:
+            kind = evaluation["kind"]
+            depth = evaluation.get("depth", DECODER_DEFAULT_DEPTH[kind])
+            retriever = evaluation.get("retriever")
+            for arm in spec["arms"]:
+                run = (
+                    f"first-stage/{arm}"
+                    if kind == "dense"
+                    else f"rerank/{retriever}/{arm}{DECODER_RUN_SUFFIX[kind]}"
+                )
+                rows.append(
+                    (arm, f"{arm}.{kind}", evaluation["dataset"], run, kind, retriever, depth)
+                )
+        return rows
+
+    def _check_decoder_studies(self) -> dict[tuple[str, str], int]:
+        """Arms, datasets and retrievers exist; one depth per run file (its path has none)."""
+        depths: dict[tuple[str, str], int] = {}
+        for study, spec in self._config["decoder_studies"].items():
+            if study in self._config["studies"]:
+                raise ConfigError(
+                    f"config: decoder_studies.{study}: 'studies:' has a study of that name too "
+                    f"(both write results/tables/studies/{study}.tsv); rename one"
+                )
+            for arm in spec["arms"]:
+                self.check_reference(f"decoder_studies.{study}.arms", "decoders", arm)
+            self._check_baseline("decoder_studies", study, spec)
+            for i, evaluation in enumerate(spec["evaluate"]):
+                where = f"decoder_studies.{study}.evaluate[{i}]"
+                self.check_reference(f"{where}.dataset", "datasets", evaluation["dataset"])
+                if "retriever" in evaluation:
+                    self.check_reference(
+                        f"{where}.retriever", "retrievers", evaluation["retriever"]
+                    )
+            for _, _, dataset, run, _, _, depth in self.decoder_study_rows(study):
+                if depths.setdefault((dataset, run), depth) != depth:
+                    raise ConfigError(
+                        f"config: decoder_studies.{study} evaluates {run} on {dataset} at "
+                        f"depth {depth}, but another evaluation asks for depth "
+                        f"{depths[(dataset, run)]} (the run file is the same); use one depth"
+                    )
+        return depths
+
+    def decoder_depth(self, kind: str, dataset: str, arm: str, retriever: str | None) -> int:
+        run = (
+            f"first-stage/{arm}"
+            if kind == "dense"
+            else f"rerank/{retriever}/{arm}{DECODER_RUN_SUFFIX[kind]}"
+        )
+        return self._decoder_depths.get((dataset, run), DECODER_DEFAULT_DEPTH[kind])
 
     def _parse_student_training(self) -> None:
         """Every student's training spec is parsed now, so a typo fails the dry run."""
@@ -512,6 +610,22 @@ class Plan:
         if data.get("filter"):
             return f"{self.results}/filtered/{base}/{data['filter']}.parquet"
         return f"{self.results}/teacher-scores/{base}.parquet"
+
+    def training_inputs(self, section: str, name: str) -> dict[str, str]:
+        """The files a student (section 'students') or a decoder arm ('decoders') trains on:
+        its training-data artifact, the training set's queries and its corpus."""
+        train = self._config[section][name]["data"]["training_set"]
+        dataset = self._config["training_sets"][train]["dataset"]
+        return {
+            "data": self.training_data_path(section, name),
+            "queries": f"{self.results}/training-data/{train}/queries.parquet",
+            "corpus": f"{self.results}/data/corpora/{self.corpus_of(dataset)}/corpus.parquet",
+        }
+
+    def checkpoint_folder(self, section: str, name: str) -> str:
+        """Where a training job keeps resumable checkpoints: outside its declared outputs, so a
+        killed job's checkpoints survive (Snakemake deletes a failed job's outputs)."""
+        return f"{self.results}/checkpoints/{section}/{name}"
 
     def student_training(self, name: str, operational: bool = False) -> dict:
         """The student's training dict with its seed; ``operational`` keeps checkpoint keys."""
@@ -543,7 +657,10 @@ class Plan:
         return f"first-stage/{name}"
 
     def study_runs(self, study: str) -> list[tuple[str, str, str, str]]:
-        """(arm, variant name, dataset, run) rows of a study table, in table order."""
+        """(arm, variant name, dataset, run) rows of a study table (students' or decoder
+        study), in table order."""
+        if study in self._config["decoder_studies"]:
+            return [row[:4] for row in self.decoder_study_rows(study)]
         rows = []
         for evaluation in self._config["studies"][study]["evaluate"]:
             for arm, name, section, _ in self.study_variants(study):
