@@ -59,10 +59,11 @@ def tiny_corpus(tmp_path) -> Path:
     ],
     ids=["default", "no-stemmer", "no-stopwords", "robertson", "atire", "bm25l", "bm25+"],
 )
-@pytest.mark.parametrize("batch_docs", [1, 3, 1000])
+@pytest.mark.parametrize("batch_docs,slice_postings", [(1, 1 << 20), (3, 5), (1000, 1 << 20)])
 def test_streaming_index_is_byte_identical_to_bm25s_in_memory(
-    tmp_path, tiny_corpus, params, batch_docs
+    tmp_path, tiny_corpus, monkeypatch, params, batch_docs, slice_postings
 ):
+    monkeypatch.setattr(bm25, "SLICE_POSTINGS", slice_postings)  # 5: slices split documents
     bm25.build_index_reference(str(tiny_corpus), str(tmp_path / "reference"), params)
     bm25.build_index(str(tiny_corpus), str(tmp_path / "streamed"), params, batch_docs=batch_docs)
     assert_same_index(tmp_path / "reference", tmp_path / "streamed")
@@ -153,7 +154,9 @@ def vaswani(tmp_path_factory) -> dict[str, Path]:
     paths["reference"] = folder / "reference"
     bm25.build_index_reference(str(paths["corpus"]), str(paths["reference"]), {})
     paths["index"] = folder / "index"
-    bm25.build_index(str(paths["corpus"]), str(paths["index"]), {}, batch_docs=2_000)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(bm25, "SLICE_POSTINGS", 10_000)  # several slices a batch
+        bm25.build_index(str(paths["corpus"]), str(paths["index"]), {}, batch_docs=2_000)
     return paths
 
 

@@ -52,6 +52,8 @@ DEFAULTS: dict[str, Any] = {
 # Documents per streamed record batch: bounds the Python objects alive at once (the batch's
 # texts and bm25s's token lists), not the index. Does not change the index.
 BATCH_DOCS = 50_000
+# Postings scored and scattered into the CSC arrays at once (bounds the float64 temporaries).
+SLICE_POSTINGS = 1 << 20
 
 
 def _tokenize(texts: list[str], params: dict[str, Any]):
@@ -163,37 +165,43 @@ def _bm25_csc(batches: list[_Batch], remap: np.ndarray, retriever) -> dict[str, 
     heads = indptr[:-1].copy()
     while batches:
         batch = batches.pop(0)
-        terms = remap[batch.terms]
         rows = np.repeat(
             np.arange(batch.doc_start, batch.doc_start + len(batch.doc_lengths), dtype=np.int32),
             batch.doc_terms,
         )
-        lengths = np.repeat(batch.doc_lengths, batch.doc_terms).astype(np.int64)
-        # The same expressions bm25s evaluates document by document, on all postings at once.
-        tfc = tfc_fn(
-            tf_array=batch.tf.astype(dtype),
-            l_d=lengths,
-            l_avg=avg_doc_len,
-            k1=k1,
-            b=b_,
-            delta=delta,
-        )
-        scores = idf[terms] * tfc
-        if nonoccurrence is not None:
-            scores -= nonoccurrence[terms]
-        del batch, tfc, lengths
-        # Counting sort by term: postings keep their document order within a term.
-        order = np.argsort(terms, kind="stable")
-        sorted_terms = terms[order]
-        first = np.ones(len(order), dtype=bool)
-        first[1:] = sorted_terms[1:] != sorted_terms[:-1]
-        starts = np.flatnonzero(first)
-        run = np.arange(len(order), dtype=np.int64)
-        rank = run - np.repeat(starts, np.diff(np.append(starts, len(order))))
-        position = heads[sorted_terms] + rank
-        data[position] = scores[order]
-        indices[position] = rows[order]
-        heads[sorted_terms[starts]] += np.diff(np.append(starts, len(order)))
+        lengths = np.repeat(batch.doc_lengths, batch.doc_terms)
+        for lo in range(0, len(rows), SLICE_POSTINGS):
+            hi = lo + SLICE_POSTINGS
+            terms = remap[batch.terms[lo:hi]]
+            # The expressions bm25s evaluates document by document, on many postings at once.
+            tfc = tfc_fn(
+                tf_array=batch.tf[lo:hi].astype(dtype),
+                l_d=lengths[lo:hi],
+                l_avg=avg_doc_len,
+                k1=k1,
+                b=b_,
+                delta=delta,
+            )
+            scores = idf[terms] * tfc
+            del tfc
+            if nonoccurrence is not None:
+                scores -= nonoccurrence[terms]
+            # Counting sort by term; a term's postings keep their (ascending) document order.
+            order = np.argsort(terms, kind="stable")
+            terms = terms[order]
+            first = np.ones(len(order), dtype=bool)
+            first[1:] = terms[1:] != terms[:-1]
+            starts = np.flatnonzero(first)
+            del first
+            counts = np.diff(np.append(starts, len(order)))
+            # position of the j-th posting of term t in this slice: heads[t] + j
+            position = np.repeat(heads[terms[starts]] - starts, counts)
+            position += np.arange(len(order))
+            data[position] = scores[order]
+            indices[position] = rows[lo:hi][order]
+            heads[terms[starts]] += counts
+            del terms, scores, order, starts, counts, position
+        del batch, rows, lengths
     return {"data": data, "indices": indices, "indptr": indptr, "num_docs": n_docs}
 
 
