@@ -41,6 +41,7 @@ import argparse
 import filecmp
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -134,6 +135,25 @@ def write_collection(
         "corpus_parquet_mb": (folder / "corpus.parquet").stat().st_size / 1e6,
         "generate_s": time.perf_counter() - started,
     }
+
+
+def cached_collection(cache: Path | None, folder: Path, size: int, args) -> dict[str, Any]:
+    """The collection of ``size`` in ``folder``: generated, or linked from ``cache`` where one
+    with the same settings was generated before (generation is seeded, so it is the same)."""
+    settings = {"docs": size, "queries": args.queries, "vocab": args.vocab, "zipf": args.zipf,
+                "seed": args.seed}  # fmt: skip
+    if cache is None:
+        return write_collection(folder, size, args.queries, args.vocab, args.zipf, args.seed)
+    kept = cache / "-".join(f"{k}{v}" for k, v in settings.items())
+    meta = kept / "collection.json"
+    if not meta.is_file():
+        stats = write_collection(kept, size, args.queries, args.vocab, args.zipf, args.seed)
+        meta.write_text(json.dumps({"settings": settings, "stats": stats}, indent=2) + "\n")
+    stats = {**json.loads(meta.read_text())["stats"], "reused_from": str(kept)}
+    folder.mkdir(parents=True, exist_ok=True)
+    for name in ("corpus.parquet", "queries.parquet"):
+        os.symlink(kept / name, folder / name)
+    return stats
 
 
 # ---------------------------------------------------------------------------------------------
@@ -331,6 +351,12 @@ def main() -> None:
     parser.add_argument("--zipf", type=float, default=1.1)
     parser.add_argument("--seed", type=int, default=13)
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: temp)")
+    parser.add_argument(
+        "--collections",
+        type=Path,
+        default=None,
+        help="keep the generated collections here and reuse them when their settings match",
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
 
@@ -349,19 +375,18 @@ def main() -> None:
         for size in sizes:
             folder = work / str(size)
             print(f"{size:,} documents", flush=True)
-            report["collections"][str(size)] = collection = write_collection(
-                folder, size, args.queries, args.vocab, args.zipf, args.seed
+            report["collections"][str(size)] = collection = cached_collection(
+                args.collections, folder, size, args
             )
             print(f"  collection: {collection}", flush=True)
+            corpus = folder / "corpus.parquet"
             entry = report["indexing"][str(size)] = {}
-            entry["streaming"] = index_once("streaming", folder / "corpus.parquet", folder / "new")
+            entry["streaming"] = index_once("streaming", corpus, folder / "new")
             if size in args.reference_sizes:
-                entry["reference"] = index_once(
-                    "reference", folder / "corpus.parquet", folder / "old"
-                )
+                entry["reference"] = index_once("reference", corpus, folder / "old")
                 entry["identical"] = same_files(folder / "old", folder / "new")
                 print(f"  byte-identical: {entry['identical']}", flush=True)
-                subprocess.run(["rm", "-rf", str(folder / "old")], check=True)
+                shutil.rmtree(folder / "old")
             if size != sizes[-1]:
                 continue
             report["retrieval"] = retrieval(
