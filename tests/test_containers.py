@@ -314,6 +314,7 @@ def test_eval_archive_converts_to_an_oci_bundle_as_apptainer_build_does(eval_ima
     )
     with tarfile.open(archive) as tar:
         (docker_manifest,) = json.load(tar.extractfile("manifest.json"))
+        docker_config = json.load(tar.extractfile(docker_manifest["Config"]))
     assert manifest["schemaVersion"] == 2
     assert manifest["mediaType"] == "application/vnd.oci.image.manifest.v1+json"
     assert (
@@ -321,7 +322,11 @@ def test_eval_archive_converts_to_an_oci_bundle_as_apptainer_build_does(eval_ima
         == len(docker_manifest["Layers"])
         == len(config["rootfs"]["diff_ids"])
     )
-    assert manifest["config"]["digest"] == built["image_id"]  # the image id is its config digest
+    # The archive holds the built image (its id is the digest of its config); the OCI config is
+    # a conversion of that config (another digest) over the very same layers.
+    assert docker_manifest["Config"].removesuffix(".json") == built["image_id"].split(":")[-1]
+    assert config["rootfs"]["diff_ids"] == docker_config["rootfs"]["diff_ids"]
+    assert config["config"]["Env"] == docker_config["config"]["Env"]
     assert (config["os"], config["architecture"]) == ("linux", "amd64")
     settings = config["config"]
     env = dict(item.split("=", 1) for item in settings["Env"])
