@@ -575,6 +575,19 @@ def _heading_rules(pixels: np.ndarray) -> list[int]:
     return [int(y) for y in np.flatnonzero(ruled[:-1] & ruled[1:] & ~np.r_[False, ruled[:-2]])]
 
 
+def _above_heading(ink: np.ndarray, rule: int, gap: int = 24) -> int:
+    """The row just below the content above a heading whose rule starts at ``rule``: up past
+    the heading's lines (white runs shorter than ``gap``) to the margin above it."""
+    inked = ink.any(axis=1)
+    y, white = rule - 1, 0
+    while y > 0:
+        white = white + 1 if not inked[y] else 0
+        if white >= gap:
+            return y + 12
+        y -= 1
+    return rule
+
+
 def test_study_section_in_headless_chromium_at_desktop_and_phone_width(study_inputs, tmp_path):
     """The studies of the fixture, smoke scale, at 1280 and 390 px: nothing runs past the right
     edge (the page has 14-28 px of white margin there, so an overflowing table or command would
@@ -615,7 +628,7 @@ def test_study_section_in_headless_chromium_at_desktop_and_phone_width(study_inp
             target.parent.mkdir(parents=True, exist_ok=True)
             # Down to the section after the studies (its heading's rule, less the heading).
             section_rules = _heading_rules(pixels)
-            studies_end = section_rules[3] - 48 if len(section_rules) > 3 else end
+            studies_end = _above_heading(ink, section_rules[3]) if len(section_rules) > 3 else end
             Image.open(tmp_path / f"shot-{width}.png").crop((0, 0, width, studies_end)).save(target)
             print(f"report screenshot: {target}")
 

@@ -284,14 +284,18 @@ def study_interval_figure(
         is_base.append(row.arm == baseline and not row.reference)
     if not labels:
         return None
-    svg = plots.arm_intervals(labels, measures, intervals, is_base, groups)
+    panels = [
+        plots.arm_intervals(labels, measure, intervals[measure], is_base, groups)
+        for measure in measures
+        if any(entry is not None for entry in intervals[measure])
+    ]
     return {
         "caption": (
             f"Mean over queries with 95 % bootstrap intervals ({BOOTSTRAP_RESAMPLES} resamples "
             f"of the queries, seed {BOOTSTRAP_SEED}); hollow: the baseline arm {baseline}, "
             "dotted: its mean."
         ),
-        "svg": svg,
+        "svg": "".join(f'<div class="panel">{panel}</div>' for panel in panels),
     }
 
 

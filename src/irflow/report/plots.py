@@ -8,7 +8,6 @@ and searchable.
 from __future__ import annotations
 
 import io
-import math
 import re
 
 import matplotlib
@@ -108,68 +107,49 @@ PALETTE = ("#1f5f8b", "#c0392b", "#2a7d4f", "#8e44ad", "#d68910", "#17a589", "#5
 
 def arm_intervals(
     labels: list[str],
-    measures: list[str],
-    intervals: dict[str, list[tuple[float, float, float] | None]],
+    measure: str,
+    intervals: list[tuple[float, float, float] | None],
     baseline: list[bool],
     groups: list[str] | None = None,
 ) -> str:
-    """Every row's mean with its 95 % interval, one panel per measure, rows top to bottom.
+    """Every row's mean of one measure with its 95 % interval, rows top to bottom (one panel;
+    the report sets a study's panels side by side, so that a phone stacks them).
 
-    ``intervals[measure][i]``: (mean, low, high) of row ``labels[i]`` or None; ``baseline[i]``
-    marks the baseline's rows (drawn hollow, with a dotted line through their mean); ``groups``
-    (e.g. the dataset of each row) draws a separator where it changes."""
+    ``intervals[i]``: (mean, low, high) of row ``labels[i]`` or None; ``baseline[i]`` marks
+    the baseline's rows (drawn hollow, with a dotted line through their mean across their
+    group); ``groups`` (e.g. dataset and variant of each row) draws a rule where it changes."""
     n = len(labels)
-    columns = min(len(measures), 3)
-    panel_rows = math.ceil(len(measures) / columns)
-    height = 0.6 + 0.26 * n
     with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(
-            panel_rows,
-            columns,
-            figsize=(2.5 * columns + 1.6, height * panel_rows),
-            squeeze=False,
-            sharey=True,
-        )
+        fig, ax = plt.subplots(figsize=(3.0, 0.55 + 0.24 * n))
         ys = np.arange(n)[::-1]
-        for k, ax in enumerate(axes.flat):
-            if k >= len(measures):
-                ax.set_visible(False)
+        for i, entry in enumerate(intervals):
+            if entry is None:
                 continue
-            measure = measures[k]
-            for i, entry in enumerate(intervals[measure]):
-                if entry is None:
-                    continue
-                mean, low, high = entry
-                color = NEUTRAL if baseline[i] else PALETTE[0]
-                ax.plot([low, high], [ys[i], ys[i]], color=color, linewidth=1.6)
-                ax.plot(
-                    [mean],
-                    [ys[i]],
-                    marker="o",
-                    markersize=4.5,
-                    color=color,
-                    markerfacecolor="white" if baseline[i] else color,
-                )
-                if baseline[i]:
-                    span = [ys[i] + 0.5, ys[i] - 0.5]
-                    if groups is not None:  # through the baseline's own dataset group
-                        same = [j for j in range(n) if groups[j] == groups[i]]
-                        span = [ys[same[0]] + 0.5, ys[same[-1]] - 0.5]
-                    ax.plot([mean, mean], span, color=NEUTRAL, linewidth=0.6, linestyle=":")
-            if groups is not None:
-                for i in range(1, n):
-                    if groups[i] != groups[i - 1]:
-                        ax.axhline(ys[i] + 0.5, color="#cccccc", linewidth=0.6)
-            ax.set_title(measure, fontsize=9, loc="left")
-            ax.set_ylim(-0.6, n - 0.4)
-            ax.grid(axis="x", color="#eeeeee", linewidth=0.6)
-            ax.tick_params(axis="y", length=0)
-        axes[0][0].set_yticks(ys)
-        axes[0][0].set_yticklabels(labels)
-        for row in axes:
-            row[0].set_yticks(ys)
-            row[0].set_yticklabels(labels)
-        fig.tight_layout()
+            mean, low, high = entry
+            color = NEUTRAL if baseline[i] else PALETTE[0]
+            ax.plot([low, high], [ys[i], ys[i]], color=color, linewidth=1.6)
+            ax.plot(
+                [mean],
+                [ys[i]],
+                marker="o",
+                markersize=4.5,
+                color=color,
+                markerfacecolor="white" if baseline[i] else color,
+            )
+            if baseline[i]:
+                same = [j for j in range(n) if groups is None or groups[j] == groups[i]]
+                span = [ys[same[0]] + 0.5, ys[same[-1]] - 0.5]
+                ax.plot([mean, mean], span, color=NEUTRAL, linewidth=0.6, linestyle=":")
+        if groups is not None:
+            for i in range(1, n):
+                if groups[i] != groups[i - 1]:
+                    ax.axhline(ys[i] + 0.5, color="#cccccc", linewidth=0.6)
+        ax.set_title(f"{measure} (95 % interval)", fontsize=9, loc="left")
+        ax.set_ylim(-0.6, n - 0.4)
+        ax.set_yticks(ys)
+        ax.set_yticklabels(labels)
+        ax.grid(axis="x", color="#eeeeee", linewidth=0.6)
+        ax.tick_params(axis="y", length=0)
         return _svg(fig)
 
 
