@@ -142,3 +142,31 @@ def test_changing_one_arm_reruns_only_that_arm(studies_run):
         "studies": 1,
     }, result.stdout[-3000:]
     assert "bce-lion" in result.stdout
+
+
+@pytest.mark.slow
+@pytest.mark.models
+def test_two_gpus_in_the_resources_run_two_training_processes(studies_run, tmp_path):
+    """gpus: 2 on train_student starts torchrun from the rule itself (gloo on this CPU): two
+    processes train one model on the same global batch. The weights are not bit-identical to
+    the one-process run: each process draws its own dropout masks (documented in the README);
+    steps, samples and the data each step sees are the same."""
+    import shutil
+
+    workdir, config = studies_run
+    copy_dir = tmp_path / "two-processes"
+    shutil.copytree(workdir, copy_dir, symlinks=True)
+    changed = copy.deepcopy(config)
+    changed.setdefault("resources", {})["train_student"] = {"gpus": 2, "cpus": 2}
+    target = "results/students/bce-lion/model"
+    snakemake(copy_dir, changed, target, "--forcerun", "train_student")
+    one = json.loads((workdir / "results/students/bce-lion/train.stats.json").read_text())
+    two = json.loads((copy_dir / "results/students/bce-lion/train.stats.json").read_text())
+    assert one["world_size"] == 1 and two["world_size"] == 2
+    assert two["steps"] == one["steps"] and two["samples_seen"] == one["samples_seen"]
+    log = (copy_dir / "results/logs/train_student/bce-lion.log").read_text()
+    assert "launching 2 training processes" in log
+    from sentence_transformers import CrossEncoder
+
+    model = CrossEncoder(str(copy_dir / target), device="cpu")
+    assert model.predict([("query", "passage")]).shape == (1,)

@@ -1,34 +1,42 @@
-"""Rule train_student: train a cross-encoder or bi-encoder student on teacher-scored samples."""
+"""Rule train_student: train a cross-encoder or bi-encoder student on teacher-scored samples.
 
-from irflow import job
+With ``gpus: N > 1`` in the rule's resources the training runs in N torchrun processes
+(irflow.launch), one model, the global batch split across them."""
+
+from irflow import job, launch
 from irflow.io import write_json_atomic
 from irflow.models import ModelRef, configure_threads
-from irflow.students import StudentTrainingSpec, train_bi_encoder, train_cross_encoder
+from irflow.students import StudentTrainingSpec
+from irflow.students.train import train_from_config
 
 job.start(snakemake)
 configure_threads(snakemake.threads)
 student = snakemake.params.student
+training = {
+    **student["training"],
+    "seed": student["seed"],
+    "checkpoint_every_steps": snakemake.resources.checkpoint_every_steps or None,
+}
 try:
-    spec = StudentTrainingSpec.from_config(
-        {
-            **student["training"],
-            "seed": student["seed"],
-            "checkpoint_every_steps": snakemake.resources.checkpoint_every_steps or None,
-        }
-    )
+    StudentTrainingSpec.from_config(training)
 except ValueError as err:
     raise ValueError(f"config students.{snakemake.wildcards.student}.training: {err}") from None
 init = dict(student["init"])
-init_ref = ModelRef.from_config(init.pop("name"), init)
-train = train_cross_encoder if student["kind"] == "cross-encoder" else train_bi_encoder
-stats = train(
-    spec,
-    snakemake.input.data,
-    snakemake.input.queries,
-    snakemake.input.corpus,
-    init_ref.name_or_path,
-    snakemake.output.model,
-    snakemake.params.checkpoints,
-    snakemake.output.curves,
-)
+call = {
+    "kind": student["kind"],
+    "training": training,
+    "init_dir": str(ModelRef.from_config(init.pop("name"), init).name_or_path),
+    "scores_parquet": snakemake.input.data,
+    "queries_parquet": snakemake.input.queries,
+    "corpus_parquet": snakemake.input.corpus,
+    "out_dir": snakemake.output.model,
+    "checkpoint_dir": snakemake.params.checkpoints,
+    "curves_path": snakemake.output.curves,
+}
+processes = int(snakemake.resources.get("gpu", 0) or 0)
+if processes > 1:
+    threads = max(1, snakemake.threads // processes)
+    stats = launch.run(processes, "irflow.students.train:train_from_config", call, threads)
+else:
+    stats = train_from_config(**call)
 write_json_atomic(snakemake.output.stats, {"student": snakemake.wildcards.student, **stats})

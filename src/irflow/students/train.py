@@ -547,3 +547,13 @@ def train_cross_encoder(*args, **kwargs) -> dict[str, Any]:
 def train_bi_encoder(*args, **kwargs) -> dict[str, Any]:
     """Train a bi-encoder (embedding) student: :func:`train_student` of that kind."""
     return train_student("bi-encoder", *args, **kwargs)
+
+
+def train_from_config(
+    kind: str, training: dict[str, Any], init_dir: str, **paths: str
+) -> dict[str, Any]:
+    """:func:`train_student` from the plain config dict of the training spec (JSON-friendly:
+    what :mod:`irflow.launch` hands each torchrun worker). ``paths``: scores_parquet,
+    queries_parquet, corpus_parquet, out_dir, checkpoint_dir, curves_path."""
+    spec = StudentTrainingSpec.from_config(training)
+    return train_student(kind, spec, init_dir=init_dir, **paths)
