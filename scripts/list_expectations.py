@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--directory",
         default=str(REPO),
-        help="the workflow's working directory, which results_dir is relative to (default: the repository)",
+        help="the workflow's working directory, results_dir's base (default: the repository)",
     )
     parser.add_argument("--schema", default=str(REPO / "schemas" / "config.schema.yaml"))
     args = parser.parse_args(argv)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import math
-from pathlib import Path
 
 import pytest
 import yaml
@@ -92,7 +91,9 @@ def expected_targets(plan: Plan) -> list[str]:
         targets += [f"{r}/metrics/{d}/{run}/mean.tsv" for _, _, d, run in plan.study_runs(study)]
     for study in plan.names("decoder_studies"):
         targets.append(f"{r}/tables/studies/{study}.tsv")
-        targets += [f"{r}/metrics/{row[2]}/{row[3]}/mean.tsv" for row in plan.decoder_study_rows(study)]
+        targets += [
+            f"{r}/metrics/{row[2]}/{row[3]}/mean.tsv" for row in plan.decoder_study_rows(study)
+        ]
     targets += [f"{r}/metrics/{d}/{run}/mean.tsv" for d, run in plan.baseline_runs()]
     return targets
 
@@ -179,8 +180,12 @@ def test_cl_vs_kd_hyperparameters_are_the_paper():
     linear warm-up and decay, 1 epoch, global batch 128, 15 negatives from the top 200 sampled
     at random, the pair's own negatives only; KD from RankQwen-7B-CL on the same triples."""
     plan = plan_of("cl-vs-kd")
-    sizes = {"0.5b": "Qwen/Qwen2.5-0.5B", "1.5b": "Qwen/Qwen2.5-1.5B", "3b": "Qwen/Qwen2.5-3B",
-             "7b": "Qwen/Qwen2.5-7B"}
+    sizes = {
+        "0.5b": "Qwen/Qwen2.5-0.5B",
+        "1.5b": "Qwen/Qwen2.5-1.5B",
+        "3b": "Qwen/Qwen2.5-3B",
+        "7b": "Qwen/Qwen2.5-7B",
+    }
     students = plan.names("students")
     assert sorted(students) == sorted(
         [f"rankqwen-{s}-cl" for s in sizes] + [f"rankqwen-{s}-kd" for s in sizes]
@@ -250,8 +255,14 @@ def test_unified_decoder_hyperparameters_are_the_recommendations():
     plan = plan_of("unified-decoder")
     projections = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
     decoders = plan.section("decoders")
-    assert set(decoders) == {"joint-lora", "embed-only", "rerank-only", "joint-lora-pcgrad",
-                             "joint-moe", "joint-moe-pcgrad"}
+    assert set(decoders) == {
+        "joint-lora",
+        "embed-only",
+        "rerank-only",
+        "joint-lora-pcgrad",
+        "joint-moe",
+        "joint-moe-pcgrad",
+    }
     assert plan.entry("models", "qwen3-0.6b-base")["hf_id"] == "Qwen/Qwen3-0.6B-Base"
     for arm, entry in decoders.items():
         spec = plan.parsed_decoder_spec(arm)
@@ -289,8 +300,10 @@ def _script():
     return module
 
 
-@pytest.mark.parametrize("name,count", [("optimizers", 30), ("cl-vs-kd", 144),
-                                        ("distilled-embedder", 0), ("unified-decoder", 0)])
+@pytest.mark.parametrize(
+    "name,count",
+    [("optimizers", 30), ("cl-vs-kd", 144), ("distilled-embedder", 0), ("unified-decoder", 0)],
+)
 def test_list_expectations_without_metrics(tmp_path, capsys, name, count):
     script = _script()
     assert script.main([str(STUDIES / f"{name}.yaml"), "--directory", str(tmp_path)]) == 0
@@ -327,8 +340,14 @@ def test_list_expectations_reads_a_measured_row(tmp_path, capsys):
 def test_list_expectations_flags_a_run_no_stage_builds(tmp_path, capsys):
     config = load("optimizers")
     config["expectations"] = [
-        {"dataset": "dl19", "run": "rerank/given/nobody", "measure": "nDCG@10", "value": 0.5,
-         "tolerance": 0.01, "source": "test"}
+        {
+            "dataset": "dl19",
+            "run": "rerank/given/nobody",
+            "measure": "nDCG@10",
+            "value": 0.5,
+            "tolerance": 0.01,
+            "source": "test",
+        }
     ]
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
