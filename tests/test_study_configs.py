@@ -212,6 +212,8 @@ def test_cl_vs_kd_hyperparameters_are_the_paper():
             assert spec.objective.temperature == 1.0
             assert params["data"]["teacher"] == "rankqwen-7b-cl"
         assert params["data"]["miner"] == "bm25" and params["data"].get("filter") is None
+    gpus = plan.section("resources")["train_student"]["gpus"]
+    assert gpus == 8 and spec.batch_size // gpus == 4 and spec.gradient_accumulation_steps == 4
     teacher = plan.entry("teachers", "rankqwen-7b-cl")
     assert teacher["kind"] == "cross-encoder" and teacher["model"] == "rankqwen-7b-cl"
     miner = plan.entry("miners", "bm25")
