@@ -19,6 +19,7 @@ import numpy as np
 from irflow.batching import embedding_dimension, encode_texts
 from irflow.data import doc_texts
 from irflow.io import InputError, atomic_output, open_parquet, write_json_atomic
+from irflow.logs import Progress
 from irflow.reranking import rerank_by_embeddings
 
 
@@ -34,6 +35,22 @@ def _encode(
     )
 
 
+class _CountingModel:
+    """The model, with the texts of each ``encode`` call counted into a :class:`Progress`
+    (so that a chunk's progress shows batch by batch; everything else is the model's)."""
+
+    def __init__(self, model, progress: Progress) -> None:
+        self._model, self._progress = model, progress
+
+    def __getattr__(self, name: str):
+        return getattr(self._model, name)
+
+    def encode(self, sentences, *args, **kwargs):
+        out = self._model.encode(sentences, *args, **kwargs)
+        self._progress.advance(len(sentences))
+        return out
+
+
 def encode_corpus(
     model,
     corpus_parquet: str,
@@ -43,12 +60,15 @@ def encode_corpus(
     batch_tokens: int | None = None,
 ) -> None:
     """Encode the corpus chunk by chunk into ``embeddings.npy`` (memory-mapped, float32)."""
+    progress = Progress("corpus encoding", unit="docs")
+    counted = _CountingModel(model, progress)
     write_corpus_embeddings(
         corpus_parquet,
         out_dir,
         lambda: embedding_dimension(model),
-        lambda texts: _encode(model, texts, batch_size, None, batch_tokens),
+        lambda texts: _encode(counted, texts, batch_size, None, batch_tokens),
         chunk,
+        progress=progress,
     )
 
 
@@ -58,13 +78,17 @@ def write_corpus_embeddings(
     dimension: Callable[[], int],
     encode: Callable[[list[str]], np.ndarray],
     chunk: int = 20_000,
+    progress: Progress | None = None,
 ) -> None:
     """Write ``embeddings.npy`` (float32, memory-mapped) and ``doc_ids.json`` into ``out_dir``
     (an atomic folder), reading the corpus ``chunk`` documents at a time, so memory stays flat
     whatever the corpus size. ``encode`` maps document texts to a ``(n, dimension())`` array;
-    the corpus file is checked before the model is asked anything."""
+    the corpus file is checked before the model is asked anything. Progress (documents done,
+    rate, ETA) is logged to the job's log every 30 s, into ``progress`` if given."""
     parquet = open_parquet(corpus_parquet)
     total = parquet.metadata.num_rows
+    progress = progress or Progress("corpus encoding", unit="docs")
+    progress.total = total
     with atomic_output(out_dir, directory=True) as tmp:
         matrix = np.lib.format.open_memmap(
             tmp / "embeddings.npy", mode="w+", dtype=np.float32, shape=(total, dimension())
@@ -76,6 +100,7 @@ def write_corpus_embeddings(
             matrix[offset : offset + len(texts)] = encode(texts)
             doc_ids.extend(batch.column("doc_id").to_pylist())
             offset += len(texts)
+            progress.update(offset)
         matrix.flush()
         del matrix
         write_json_atomic(tmp / "doc_ids.json", doc_ids)

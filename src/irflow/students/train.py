@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import Any
 
 from irflow.io import atomic_output, write_json_atomic, write_text_atomic
+from irflow.logs import Progress
 from irflow.provenance import directory_digest
 from irflow.students.data import (
     EpochSeededBatchSampler,
@@ -296,13 +297,36 @@ def _trainer_callbacks(
     from transformers import TrainerCallback
 
     class Curves(TrainerCallback):
-        """One JSONL row per logging step, appended to the live curves file."""
+        """One JSONL row per logging step, appended to the live curves file; progress (step,
+        rate, ETA, last loss) in the job's log every 30 s and at the end."""
 
         def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
             if train_dataloader is not None:
                 count.set_loader(len(train_dataloader), args)
-            self.last_time = self.last_report = time.perf_counter()
-            self.last_step = state.global_step
+            self.last_time = time.perf_counter()
+            self.last_step = self.first_step = state.global_step
+            self.loss: float | None = None
+            self.progress = Progress(
+                "training", state.max_steps, unit="steps", initial=state.global_step, logger=log
+            )
+
+        def report(self, state):
+            if not state.is_world_process_zero:
+                return
+            elapsed = time.perf_counter() - self.progress.started
+            samples = count.done(state.global_step) - count.done(self.first_step)
+            extra = [f"{samples / elapsed:.1f} samples/s" if elapsed > 0 else ""]
+            extra.append(f"epoch {float(state.epoch or 0.0):.2f}")
+            if self.loss is not None:
+                extra.append(f"loss {self.loss:.4f}")
+            self.progress.update(state.global_step, ", ".join(e for e in extra if e))
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if not control.should_log:  # a logging step reports in on_log, with its loss
+                self.report(state)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            self.report(state)
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             if not logs or "loss" not in logs:
@@ -324,15 +348,10 @@ def _trainer_callbacks(
                 else None,
             }
             rows.append(row)
+            self.loss = row["loss"]
+            self.report(state)
             if not state.is_world_process_zero:
                 return
-            if now - self.last_report >= 30 or state.global_step >= state.max_steps:
-                self.last_report = now
-                log.info(
-                    "step %d/%d, epoch %.2f: loss %.4f, %.1f samples/s",
-                    state.global_step, state.max_steps, row["epoch"], row["loss"],
-                    row["samples_per_second"] or 0.0,
-                )  # fmt: skip
             if live_curves is not None:
                 with open(live_curves, "a", encoding="utf-8") as handle:
                     handle.write(json.dumps(row, sort_keys=True) + "\n")

@@ -96,6 +96,7 @@ from irflow.batching import (
 from irflow.batching import tokenizer_max_length as _tokenizer_max_length
 from irflow.batching import unique as _unique
 from irflow.io import InputError, open_parquet, sha256_file, write_json_atomic
+from irflow.logs import Progress
 from irflow.models import ModelRef
 from irflow.training_data.artifacts import (
     ParquetSink,
@@ -593,20 +594,21 @@ def score_shard(
         "scoring": {"chunk_samples": chunk_samples, **teacher.scoring()},
         "shard": {"index": shard_index, "count": num_shards, "row_start": start, "row_stop": stop},
     }
-    began = last_report = time.perf_counter()
+    began = time.perf_counter()
+    progress = Progress(
+        f"teacher {teacher.spec.name}, shard {shard_index}/{num_shards}",
+        samples.num_rows,
+        unit="samples",
+        logger=log,
+    )
     with ParquetSink(out_parquet, SCORES_SCHEMA, meta) as sink:
         for offset in range(0, samples.num_rows, chunk_samples):
             chunk = samples.slice(offset, chunk_samples)
             sink.write(_score_chunk(teacher, chunk, queries, corpus, start + offset))
             _release_free_memory()
-            now = time.perf_counter()
-            if now - last_report > 60:
-                last_report = now
-                log.info(
-                    "%d/%d samples scored, %.1f pairs/s",
-                    offset + chunk.num_rows, samples.num_rows,
-                    teacher.counters.pairs / (now - began),
-                )  # fmt: skip
+            elapsed = time.perf_counter() - began
+            pairs_rate = teacher.counters.pairs / elapsed if elapsed > 0 else 0.0
+            progress.update(offset + chunk.num_rows, f"{pairs_rate:.1f} pairs/s")
     seconds = time.perf_counter() - began
     counts = teacher.counters.as_dict()
     log.info(
