@@ -228,7 +228,7 @@ def study_targets():
     return [
         f"{RESULTS}/tables/studies/{study}.{ext}"
         for study in PLAN.names("studies")
-        for ext in ("tsv", "md")
+        for ext in ("tsv", "md", "tex")
     ]
 
 

@@ -142,7 +142,7 @@ def decoder_targets():
     tables = [
         f"{RESULTS}/tables/studies/{study}.{ext}"
         for study in PLAN.section("decoder_studies")
-        for ext in ("tsv", "md")
+        for ext in ("tsv", "md", "tex")
     ]
     plots = [p for files in decoder_report_plots().values() for p in files.values()]
     return tables + plots

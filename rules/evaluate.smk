@@ -70,6 +70,7 @@ rule study_table:
         ),
         markdown=f"{RESULTS}/tables/studies/{{study}}.md",
         per_query=f"{RESULTS}/tables/studies/{{study}}.per-query.tsv",
+        latex=f"{RESULTS}/tables/studies/{{study}}.tex",
     log:
         log_path("study_table", "{study}"),
     benchmark:
@@ -86,5 +87,6 @@ rule study_table:
         rows=lambda wildcards: any_study_runs(wildcards.study),
         spec=lambda wildcards: all_study_specs()[wildcards.study],
         seed=PLAN.seed,
+        scale=PLAN.scale,
     script:
         "../workflow_scripts/study_table.py"

@@ -150,5 +150,6 @@ rule report_html:
         config_sources=[str(f) for f in workflow.configfiles],
         configfiles=[str(f) for f in workflow.overwrite_configfiles or []],
         config_overrides=redacted(dict(workflow.config_settings.config)),
+        schema=os.path.join(workflow.basedir, "schemas", "config.schema.yaml"),
     script:
         "../workflow_scripts/report_html.py"

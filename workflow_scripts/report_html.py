@@ -1,7 +1,7 @@
 """Rule report_html: the self-contained HTML report (tables, plots, provenance, commands)."""
 
 from irflow import job
-from irflow.plan import read_config_files
+from irflow.plan import Plan, read_config_files
 from irflow.report.html import ReportInputs, write_report
 
 job.start(snakemake)
@@ -14,6 +14,7 @@ def first(paths):
     return next(iter(paths), None)
 
 
+config = read_config_files(snakemake.params.config_sources, snakemake.params.config_overrides)
 inputs = ReportInputs(
     results_dir=snakemake.params.results_dir,
     baselines=snakemake.input.baselines,
@@ -27,7 +28,8 @@ inputs = ReportInputs(
     reproduction=snakemake.input.reproduction,
     cost=snakemake.input.cost,
     manifest=snakemake.input.manifest,
-    config=read_config_files(snakemake.params.config_sources, snakemake.params.config_overrides),
+    config=config,
+    plan=Plan.from_config(config, snakemake.params.schema).describe(),
     configfiles=list(snakemake.params.configfiles),
 )
 # The config's scale (smoke | small | paper): at smoke the page says its numbers are no findings.

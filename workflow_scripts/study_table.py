@@ -1,6 +1,7 @@
 """Rule study_table: one study's arms side by side with paired tests and per-query deltas."""
 
 from irflow import job
+from irflow.report.latex import write_study_latex
 from irflow.studies import write_study_table
 
 job.start(snakemake)
@@ -13,4 +14,11 @@ write_study_table(
     snakemake.output.markdown,
     snakemake.output.per_query,
     seed=snakemake.params.seed,
+)
+write_study_latex(
+    snakemake.wildcards.study,
+    dict(snakemake.params.spec),
+    snakemake.output.tsv,
+    snakemake.output.latex,
+    scale=snakemake.params.scale,
 )

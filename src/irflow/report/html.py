@@ -55,7 +55,8 @@ class ReportInputs:
     reproduction: str | None = None
     cost: str | None = None
     manifest: str | None = None
-    config: dict = field(default_factory=dict)
+    config: dict = field(default_factory=dict)  # as the user wrote it
+    plan: dict = field(default_factory=dict)  # irflow.plan.Plan.describe() of that config
     configfiles: list[str] = field(default_factory=list)
     profile: str = "profiles/local"
     title: str = "irflow report"
@@ -643,6 +644,9 @@ def render(
         "cost": cost_section(inputs),
         "provenance": provenance_section(inputs),
         "config_yaml": yaml.safe_dump(config, sort_keys=False, allow_unicode=True),
+        "plan_yaml": yaml.safe_dump(redact(inputs.plan), sort_keys=False, allow_unicode=True)
+        if inputs.plan
+        else None,
         "configfiles": inputs.configfiles,
         "all_command": command_for(inputs, "all").removesuffix(" all"),
         "check_command": command_for(inputs, "check"),
