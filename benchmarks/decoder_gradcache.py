@@ -16,12 +16,15 @@ What it measures
     (``VmRSS``) just before the step and its peak (``VmHWM``) after it, so ``step peak - before``
     is what the step itself added (activations kept for backward, logits, gradients, optimizer
     state), and the step's wall and CPU time. The loss of the cached and uncached arms at the
-    same batch size is printed as a check (equal up to the dropout masks, which are drawn per
+    same batch size is reported as a check (equal up to the dropout masks, which are drawn per
     forward pass and so differ between one pass and mini-batches).
+
+    One torch thread by default: the cached arms run many small operations, which on a
+    shared, oversubscribed machine lose more to thread synchronisation than they gain.
 
 How to run (from the repository root, with the project's virtual environment)
     . .venv/bin/activate
-    HF_HUB_OFFLINE=1 python benchmarks/decoder_gradcache.py        # ~3 min on 2 loaded cores
+    HF_HUB_OFFLINE=1 python benchmarks/decoder_gradcache.py        # ~5 CPU-min, 1 thread
     HF_HUB_OFFLINE=1 python benchmarks/decoder_gradcache.py --uncached 32 --cached 64 \\
         --queries 64 --out /tmp/bench                              # smoke test, ~30 s
 
@@ -186,7 +189,9 @@ def main() -> None:
     parser.add_argument("--negatives", type=int, default=3, help="hard negatives per query")
     parser.add_argument("--hidden", type=int, default=128)
     parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: many small mini-batch ops)"
+    )
     parser.add_argument("--out", type=Path, default=RESULTS)
     args = parser.parse_args()
     if max(args.uncached + args.cached) > args.queries:
