@@ -5,12 +5,14 @@
   documents) has come, at a steady interval: done/total, rate and an ETA, e.g.
   ``corpus encoding: 2048/5183 docs (40%), 61.2 docs/s, elapsed 33s, ETA 51s``.
   Follow a running job with ``tail -f results/logs/<rule>/<key>.log``.
-- Known, harmless library warnings are dropped (:data:`HARMLESS`); nothing else is.
+- Known, harmless library warnings are dropped (:data:`HARMLESS`); nothing else is. Job logs
+  get no tqdm progress bars (:func:`no_progress_bars`).
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -52,11 +54,26 @@ def quiet_harmless_warnings() -> None:
 quiet_harmless_warnings()
 
 
+def no_progress_bars() -> None:
+    """Switch off the Hugging Face libraries' tqdm bars (e.g. transformers' "Loading weights"
+    bar on every model load): in a log file they are carriage-return noise; :class:`Progress`
+    lines say how far a job has come instead."""
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+    if "huggingface_hub" in sys.modules:  # imported already: switch them off in place
+        from huggingface_hub.utils import disable_progress_bars
+
+        disable_progress_bars()
+    if "transformers.utils.logging" in sys.modules:
+        sys.modules["transformers.utils.logging"].disable_progress_bar()
+
+
 def to_file(log_path: str | None, level: int = logging.INFO) -> None:
-    """Send logging, warnings and stray stderr output of this job to ``log_path``."""
+    """Send logging, warnings and stray stderr output of this job to ``log_path`` (without
+    progress bars, :func:`no_progress_bars`)."""
     quiet_harmless_warnings()
     handlers: list[logging.Handler] = [logging.StreamHandler(sys.stderr)]
     if log_path:
+        no_progress_bars()
         stream = open(log_path, "w", encoding="utf-8", buffering=1)  # noqa: SIM115 (lives as long as the job)
         sys.stderr = stream
         handlers = [logging.StreamHandler(stream)]
