@@ -24,27 +24,89 @@ rule bm25_index:
         "../workflow_scripts/bm25_index.py"
 
 
-rule bm25_retrieve:
-    input:
-        index=lambda wildcards: f"{RESULTS}/indexes/{corpus_of(wildcards.dataset)}/{wildcards.retriever}",
-        queries=queries_parquet,
-    output:
-        run=f"{RESULTS}/runs/{{dataset}}/first-stage/{{retriever}}.trec",
-    log:
-        log_path("bm25_retrieve", "{dataset}/{retriever}"),
-    benchmark:
-        benchmark_path("bm25_retrieve", "{dataset}/{retriever}")
-    wildcard_constraints:
-        retriever=names_of_kind("retrievers", "bm25"),
-    container:
-        container_image("eval")
-    threads: threads_for("bm25_retrieve")
-    resources:
-        **resources_for("bm25_retrieve"),
-    params:
-        depth=lambda wildcards: settings("retrievers", wildcards.retriever)["depth"],
-    script:
-        "../workflow_scripts/bm25_retrieve.py"
+# Query sets are retrieved in one job, or with resources.bm25_retrieve.query_shards: N in N
+# jobs over contiguous blocks of the sorted queries, merged in order: the run file is
+# byte-identical either way, so the shard count is an execution setting, not a rerun trigger.
+BM25_QUERY_SHARDS = resource_spec("bm25_retrieve").get("query_shards", 1)
+
+
+if BM25_QUERY_SHARDS == 1:
+
+    rule bm25_retrieve:
+        input:
+            index=lambda wildcards: f"{RESULTS}/indexes/{corpus_of(wildcards.dataset)}/{wildcards.retriever}",
+            queries=queries_parquet,
+        output:
+            run=f"{RESULTS}/runs/{{dataset}}/first-stage/{{retriever}}.trec",
+        log:
+            log_path("bm25_retrieve", "{dataset}/{retriever}"),
+        benchmark:
+            benchmark_path("bm25_retrieve", "{dataset}/{retriever}")
+        wildcard_constraints:
+            retriever=names_of_kind("retrievers", "bm25"),
+        container:
+            container_image("eval")
+        threads: threads_for("bm25_retrieve")
+        resources:
+            **resources_for("bm25_retrieve"),
+        params:
+            depth=lambda wildcards: settings("retrievers", wildcards.retriever)["depth"],
+        script:
+            "../workflow_scripts/bm25_retrieve.py"
+
+else:
+
+    rule bm25_retrieve_shard:
+        input:
+            index=lambda wildcards: f"{RESULTS}/indexes/{corpus_of(wildcards.dataset)}/{wildcards.retriever}",
+            queries=queries_parquet,
+        output:
+            run=f"{RESULTS}/run-shards/{{dataset}}/first-stage/{{retriever}}/shard-{{shard}}-of-{{shards}}.trec",
+        log:
+            log_path(
+                "bm25_retrieve_shard",
+                "{dataset}/{retriever}/shard-{shard}-of-{shards}",
+            ),
+        benchmark:
+            benchmark_path(
+                "bm25_retrieve_shard",
+                "{dataset}/{retriever}/shard-{shard}-of-{shards}",
+            )
+        wildcard_constraints:
+            retriever=names_of_kind("retrievers", "bm25"),
+            shard="[0-9]+",
+            shards="[0-9]+",
+        container:
+            container_image("eval")
+        threads: threads_for("bm25_retrieve")
+        resources:
+            **resources_for("bm25_retrieve"),
+        params:
+            depth=lambda wildcards: settings("retrievers", wildcards.retriever)["depth"],
+        script:
+            "../workflow_scripts/bm25_retrieve_shard.py"
+
+    rule merge_runs:
+        input:
+            shards=lambda wildcards: [
+                f"{RESULTS}/run-shards/{wildcards.dataset}/first-stage/{wildcards.retriever}"
+                f"/shard-{i}-of-{BM25_QUERY_SHARDS}.trec"
+                for i in range(BM25_QUERY_SHARDS)
+            ],
+        output:
+            run=f"{RESULTS}/runs/{{dataset}}/first-stage/{{retriever}}.trec",
+        log:
+            log_path("merge_runs", "{dataset}/{retriever}"),
+        benchmark:
+            benchmark_path("merge_runs", "{dataset}/{retriever}")
+        wildcard_constraints:
+            retriever=names_of_kind("retrievers", "bm25"),
+        localrule: True
+        container:
+            container_image("eval")
+        threads: 1
+        script:
+            "../workflow_scripts/merge_runs.py"
 
 
 rule encode_corpus:

@@ -183,3 +183,18 @@ def test_missing_dataset_folder_says_how_to_point_elsewhere(tmp_path):
     # Found while the DAG is built (the folder's files are the data rules' inputs): no job runs.
     message = _dry_run_error(tmp_path, config)
     assert "does not exist" in message and "datasets: dl19: beir_folder" in message
+
+
+@pytest.mark.slow
+def test_query_sharded_bm25_gives_the_same_run_file(ci_run, tmp_path):
+    """resources.bm25_retrieve.query_shards: 3 plans three shard jobs and an ordered merge; the
+    run file is byte-identical to the one-job run."""
+    workdir, config = ci_run
+    sharded = copy.deepcopy(config)
+    sharded.setdefault("resources", {})["bm25_retrieve"] = {"query_shards": 3}
+    target = "results/runs/scifact-test/first-stage/bm25.trec"
+    result = snakemake(tmp_path, sharded, target)
+    assert (tmp_path / target).read_bytes() == (workdir / target).read_bytes()
+    shards = sorted((tmp_path / "results/run-shards/scifact-test/first-stage/bm25").iterdir())
+    assert [p.name for p in shards] == [f"shard-{i}-of-3.trec" for i in range(3)]
+    assert "merge_runs" in result.stdout + result.stderr
