@@ -285,33 +285,10 @@ def test_eval_archive_converts_to_an_oci_bundle_as_apptainer_build_does(eval_ima
     archive = Path(built["archive"])
     layout = tmp_path / "oci"
     ref = f"oci:{layout}:eval"
-    subprocess.run(
-        [
-            tools["skopeo"],
-            "copy",
-            "--quiet",
-            "--dest-oci-accept-uncompressed-layers",
-            f"docker-archive:{archive}",
-            ref,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    manifest = json.loads(
-        subprocess.run(
-            [tools["skopeo"], "inspect", "--raw", ref], check=True, capture_output=True, text=True
-        ).stdout
-    )
-    config = json.loads(
-        subprocess.run(
-            [tools["skopeo"], "inspect", "--config", ref],
-            check=True,
-            capture_output=True,
-            text=True,
-        ).stdout
-    )
+    # Compressed layers, as apptainer stores them (umoci 0.4 reads only gzip layers).
+    _tool(tools["skopeo"], "copy", "--quiet", f"docker-archive:{archive}", ref)
+    manifest = json.loads(_tool(tools["skopeo"], "inspect", "--raw", ref))
+    config = json.loads(_tool(tools["skopeo"], "inspect", "--config", ref))
     with tarfile.open(archive) as tar:
         (docker_manifest,) = json.load(tar.extractfile("manifest.json"))
         docker_config = json.load(tar.extractfile(docker_manifest["Config"]))
@@ -338,13 +315,7 @@ def test_eval_archive_converts_to_an_oci_bundle_as_apptainer_build_does(eval_ima
     assert settings["Labels"]["io.irflow.lock.sha256"] == _sha256(REPO / "envs" / "eval.lock")
 
     bundle = tmp_path / "bundle"
-    subprocess.run(
-        [tools["umoci"], "unpack", "--image", f"{layout}:eval", str(bundle)],
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    _tool(tools["umoci"], "unpack", "--image", f"{layout}:eval", str(bundle))
     rootfs = bundle / "rootfs"
     runtime = json.loads((bundle / "config.json").read_text())["process"]
     assert runtime["args"] == ["python"]
@@ -356,22 +327,26 @@ def test_eval_archive_converts_to_an_oci_bundle_as_apptainer_build_does(eval_ima
     assert not unreadable, f"others cannot read (apptainer runs as the caller): {unreadable[:10]}"
     if os.geteuid() != 0:
         return
+    rootfs.chmod(0o755)  # umoci makes the bundle's rootfs/ 0700 (not the image's doing)
     probe = (
         "import irflow.evaluate as e, json, sys; print(json.dumps([sys.executable, e.__file__]))"
     )
-    run = subprocess.run(
-        ["chroot", "--userspec=1000:1000", str(rootfs), "/opt/venv/bin/python", "-c", probe],
-        env=env,
-        cwd="/",
-        check=True,
-        capture_output=True,
-        text=True,
-        timeout=300,
+    out = _tool(
+        "chroot", "--userspec=1000:1000", str(rootfs), "/opt/venv/bin/python", "-c", probe, env=env
     )
-    assert json.loads(run.stdout.splitlines()[-1]) == [
+    assert json.loads(out.splitlines()[-1]) == [
         "/opt/venv/bin/python",
         "/opt/venv/lib/python3.11/site-packages/irflow/evaluate.py",
     ]
+
+
+def _tool(*command: str, env: dict | None = None) -> str:
+    """Run an image tool; its stdout, or a failure that shows its stderr."""
+    result = subprocess.run(
+        command, env=env, cwd="/", capture_output=True, text=True, timeout=900, check=False
+    )
+    assert result.returncode == 0, f"{' '.join(command)}:\n{result.stderr[-4000:]}"
+    return result.stdout
 
 
 def _unreadable_by_others(rootfs: Path, folder: str) -> list[str]:
