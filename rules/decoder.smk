@@ -1,4 +1,4 @@
-# Unified decoder (issue 5): one decoder LM with adapters that both embeds and reranks.
+# Unified decoder: one decoder LM with adapters that both embeds and reranks.
 # A base model (converted from GGUF once, or a hub id / folder) -> staged training of each arm
 # on a training-data artifact -> the arm as a dense retriever, a cosine reranker and a yes/no
 # reranker -> metric tables (rule evaluate_run) -> decoder study tables. Paths and the checks

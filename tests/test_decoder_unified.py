@@ -1,4 +1,4 @@
-"""Unified decoder (issue 5): adapters, pooling, yes/no scoring, PCGrad, training, diagnostics.
+"""Unified decoder: adapters, pooling, yes/no scoring, PCGrad, training, diagnostics.
 
 Fast: tiny randomly initialised Llama and Qwen3 models (2 layers, hidden size 32) with a
 byte-level BPE tokenizer trained in a temporary folder on a few hand-written lines, so that

@@ -165,7 +165,7 @@ def test_read_qrels_missing_file(tmp_path):
 @pytest.mark.parametrize(
     ("bad_line", "fragment"),
     [
-        # The case: a spaced id in a BEIR TSV is refused, never re-read as 4 TREC columns.
+        # A spaced id in a BEIR TSV is refused, never re-read as 4 TREC columns.
         ("q1\tdoc 7\t1", "document id 'doc 7' contains whitespace"),
         ("q 1\td7\t1", "query id 'q 1' contains whitespace"),
         ("q1\t\t1", "document id '' is empty"),

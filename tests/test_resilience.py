@@ -1,4 +1,4 @@
-"""Resilience (issue 7): bad input, killed jobs, cluster retries, safe defaults, secrets.
+"""Resilience: bad input, killed jobs, cluster retries, safe defaults, secrets.
 
 * **Bad-input sweep**: every stage fed empty files, wrong encodings, duplicate ids, NaN scores or
   mismatched shards stops with an :class:`InputError` naming the file (and line, row or key) and

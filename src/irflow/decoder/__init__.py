@@ -1,4 +1,4 @@
-"""One decoder LM that both embeds and reranks (issue 5).
+"""One decoder LM that both embeds and reranks.
 
 Modules (import them directly; this package imports nothing heavy by itself, so the workflow's
 DAG code never pays for torch):
