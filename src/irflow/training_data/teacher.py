@@ -392,13 +392,6 @@ class CausalLMTeacher(Teacher):
         return scores[index]
 
 
-TEACHER_CLASSES = {
-    "bi-encoder": BiEncoderTeacher,
-    "cross-encoder": CrossEncoderTeacher,
-    "causal-lm": CausalLMTeacher,
-}
-
-
 def _load_causal_lm(ref: ModelRef, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
