@@ -5,12 +5,11 @@
 # package (non-editable).
 #
 # CPU OR GPU: this Dockerfile builds a CPU image unless TORCH_INDEX_URL says otherwise. Its
-# default, https://download.pytorch.org/whl/cpu, serves torch 2.13.0+cpu. On GPU hosts the
-# torch wheel must be the CUDA build: pass the matching PyTorch index, e.g.
-#   --build-arg TORCH_INDEX_URL=https://download.pytorch.org/whl/cu128
-# and tag the result apart (build.py --image-version 0.1.0-cu128). The CUDA wheel pulls in
-# nvidia-* and triton packages that envs/requirements.lock (a CPU freeze) does not pin: freeze
-# the built image (`pip freeze`) into a lock of its own before relying on it for results.
+# default, https://download.pytorch.org/whl/cpu, serves torch 2.13.0+cpu. For GPU hosts use
+# containers/torch-cuda.Dockerfile (build.py torch-cuda): PyPI's CUDA torch with every nvidia-*
+# and triton package pinned by hash in envs/requirements-cuda.lock. Another PyTorch index here
+# (e.g. a CUDA 12 one for older drivers) leaves those packages unpinned: freeze such an image
+# (`pip freeze`) into a lock of its own before relying on it for results.
 # TORCH_INDEX_URL="" uses only the default index and local wheels (build.py --wheelhouse).
 #
 # Build it with containers/build.py (it sets the label arguments and tags
