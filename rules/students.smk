@@ -26,6 +26,15 @@ rule init_student:
         strategy=lambda wildcards: settings("inits", wildcards.init)["strategy"],
         num_layers=lambda wildcards: settings("inits", wildcards.init).get("num_layers"),
         layers=lambda wildcards: settings("inits", wildcards.init).get("layers"),
+        hidden_size=lambda wildcards: settings("inits", wildcards.init).get(
+            "hidden_size"
+        ),
+        intermediate_size=lambda wildcards: settings("inits", wildcards.init).get(
+            "intermediate_size"
+        ),
+        num_attention_heads=lambda wildcards: settings("inits", wildcards.init).get(
+            "num_attention_heads"
+        ),
     script:
         "../workflow_scripts/init_student.py"
 

@@ -129,6 +129,14 @@ def _describe_error(error) -> str:
         options = [o for o in options if o]
         hint = f" (set exactly one of {options})" if options else ""
         return f"config: {where}: matches none of the allowed forms{hint}"
+    if kind == "not" and isinstance(error.validator_value, dict):
+        forbidden = error.validator_value
+        if "required" in forbidden:
+            keys = ", ".join(forbidden["required"])
+            return f"config: {where}: may not set {keys} together"
+        options = [k for o in forbidden.get("anyOf", []) for k in o.get("required", [])]
+        if options:
+            return f"config: {where}: may not set {', '.join(options)} here"
     return f"config: {where}: fails the schema's {kind!r} rule"
 
 
