@@ -11,6 +11,7 @@ its padded tokens (default :data:`irflow.batching.DEFAULT_BATCH_TOKENS` for the 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from pathlib import Path
 
@@ -21,6 +22,8 @@ from irflow.data import doc_texts
 from irflow.io import InputError, atomic_output, open_parquet, write_json_atomic
 from irflow.logs import Progress
 from irflow.reranking import rerank_by_embeddings
+
+log = logging.getLogger(__name__)
 
 
 def _encode(
@@ -60,7 +63,7 @@ def encode_corpus(
     batch_tokens: int | None = None,
 ) -> None:
     """Encode the corpus chunk by chunk into ``embeddings.npy`` (memory-mapped, float32)."""
-    progress = Progress("corpus encoding", unit="docs")
+    progress = Progress("corpus encoding", unit="docs", logger=log)
     counted = _CountingModel(model, progress)
     write_corpus_embeddings(
         corpus_parquet,
@@ -87,7 +90,7 @@ def write_corpus_embeddings(
     rate, ETA) is logged to the job's log every 30 s, into ``progress`` if given."""
     parquet = open_parquet(corpus_parquet)
     total = parquet.metadata.num_rows
-    progress = progress or Progress("corpus encoding", unit="docs")
+    progress = progress or Progress("corpus encoding", unit="docs", logger=log)
     progress.total = total
     with atomic_output(out_dir, directory=True) as tmp:
         matrix = np.lib.format.open_memmap(
