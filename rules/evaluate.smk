@@ -14,6 +14,10 @@ rule evaluate_run:
         benchmark_path("evaluate_run", "{dataset}/{run}")
     wildcard_constraints:
         run="[A-Za-z0-9_./-]+",
+    # Hundreds of second-long jobs at paper scale: on a cluster they travel in groups
+    # (profiles/slurm sets group-components: evaluate=50), one submission per group.
+    group:
+        "evaluate"
     container:
         container_image("eval")
     threads: threads_for("evaluate_run")
@@ -43,6 +47,7 @@ rule baselines_table:
         log_path("baselines_table", "baselines"),
     benchmark:
         benchmark_path("baselines_table", "baselines")
+    localrule: True
     container:
         container_image("eval")
     threads: threads_for("baselines_table")

@@ -147,6 +147,7 @@ rule training_data_table:
         log_path("training_data_table", "training-data"),
     benchmark:
         benchmark_path("training_data_table", "training-data")
+    localrule: True
     container:
         container_image("eval")
     threads: threads_for("training_data_table")
