@@ -714,23 +714,15 @@ def _run_identity(
     spec: DecoderSpec, samples_parquet, queries_parquet, corpus_parquet, base_model_dir
 ) -> dict[str, Any]:
     """What decides a run's weights: checkpoints of anything else are not resumed from."""
-    from irflow.io import sha256_file
-    from irflow.provenance import directory_digest
-
-    from .checkpoint import base_identity
+    from irflow.plan import deciding
+    from irflow.run_identity import run_identity
 
     raw = json.loads(json.dumps(spec.raw, sort_keys=True, default=str))
-    raw["training"].pop("checkpoint_every_steps", None)  # where checkpoints fall, not weights
-    base = base_identity(base_model_dir)
-    if base.get("path"):
-        base["sha256"] = directory_digest(base["path"])[0]  # the weights, not just config.json
-    return {
-        "spec": raw,
-        "inputs_sha256": [
-            sha256_file(p) for p in (samples_parquet, queries_parquet, corpus_parquet)
-        ],
-        "base": base,
-    }
+    return run_identity(
+        deciding(raw, "decoders"),
+        (samples_parquet, queries_parquet, corpus_parquet),
+        base_model_dir,
+    )
 
 
 def _mean_aux(values: list) -> torch.Tensor | None:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import logging
 import math
@@ -52,10 +51,10 @@ from typing import Any
 
 from irflow.io import atomic_output, write_json_atomic, write_text_atomic
 from irflow.logs import Progress
-from irflow.provenance import directory_digest
+from irflow.plan import deciding
+from irflow.run_identity import run_identity
 from irflow.students.data import (
     EpochSeededBatchSampler,
-    TrainingSamples,
     load_samples,
     rows_per_sample,
     to_dataset,
@@ -199,16 +198,6 @@ def _device(device: str | None) -> str:
     from irflow.models import pick_device
 
     return device or pick_device()
-
-
-def _hash_samples(samples: TrainingSamples) -> str:
-    digest = hashlib.sha256()
-    for query, pos, negs in zip(samples.queries, samples.positives, samples.negatives, strict=True):
-        for text in (query, pos, *negs):
-            digest.update(text.encode() + b"\0")
-    digest.update(samples.pos_scores.tobytes())
-    digest.update(samples.neg_scores.tobytes())
-    return digest.hexdigest()
 
 
 def _checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -460,12 +449,12 @@ def train_student(
     n = len(samples)
     count = _SampleCount(n, spec.batch_size * spec.gradient_accumulation_steps)
 
-    run = {
-        "kind": kind,
-        "spec": spec.describe(),
-        "samples_sha256": _hash_samples(samples),
-        "init_sha256": directory_digest(init_dir)[0],
-    }
+    run = run_identity(
+        deciding(spec.describe(), "students.training"),
+        (scores_parquet, queries_parquet, corpus_parquet),
+        init_dir,
+        kind=kind,
+    )
     scratch = None
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
