@@ -104,3 +104,23 @@ def test_harmless_bitsandbytes_warning_is_dropped_others_kept(caplog):
     logging.getLogger("bitsandbytes.cextension").warning("Failed to load CPU gemm_4bit_forward")
     messages = [r.getMessage() for r in caplog.records]
     assert messages == ["some other bitsandbytes warning", "Failed to load CPU gemm_4bit_forward"]
+
+
+def test_job_logs_have_no_progress_bars(monkeypatch):
+    import io
+
+    from tqdm.autonotebook import tqdm
+
+    for name in ("HF_HUB_DISABLE_PROGRESS_BARS", "TQDM_DISABLE"):
+        monkeypatch.delenv(name, raising=False)
+    init = vars(tqdm)["__init__"]
+    monkeypatch.setattr(tqdm, "__init__", init)
+    monkeypatch.setattr(tqdm, "_irflow_disabled", False, raising=False)
+    logs.no_progress_bars()
+    logs.no_progress_bars()  # idempotent
+    silent, explicit = io.StringIO(), io.StringIO()
+    for _ in tqdm(range(3), desc="Loading weights", file=silent):
+        pass
+    for _ in tqdm(range(3), desc="asked for", file=explicit, disable=False):
+        pass
+    assert silent.getvalue() == "" and "asked for" in explicit.getvalue()

@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -55,10 +56,17 @@ quiet_harmless_warnings()
 
 
 def no_progress_bars() -> None:
-    """Switch off the Hugging Face libraries' tqdm bars (e.g. transformers' "Loading weights"
-    bar on every model load): in a log file they are carriage-return noise; :class:`Progress`
-    lines say how far a job has come instead."""
+    """Switch off tqdm bars (transformers' "Loading weights" on every model load,
+    sentence-transformers' "Computing widget examples" before training): in a log file they
+    are carriage-return noise; :class:`Progress` lines say how far a job has come instead. A
+    caller that passes ``disable=False`` explicitly still gets its bar."""
     os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"  # read when huggingface_hub is imported
+    os.environ["TQDM_DISABLE"] = "1"  # read when tqdm is imported (here and in subprocesses)
+    if "tqdm.std" in sys.modules:  # imported already: default every bar to disabled
+        bar = sys.modules["tqdm.std"].tqdm
+        if not getattr(bar, "_irflow_disabled", False):
+            bar.__init__ = functools.partialmethod(vars(bar)["__init__"], disable=True)
+            bar._irflow_disabled = True
     if "huggingface_hub" in sys.modules:  # imported already: switch them off in place
         from huggingface_hub.utils import disable_progress_bars
 
