@@ -151,13 +151,19 @@ def exact_search(
     """
     import torch
 
+    def tensor(array: np.ndarray):
+        # A memory-mapped block is read-only, which torch.from_numpy warns about on every
+        # search; the block (at most ``chunk`` rows) is copied instead.
+        array = np.ascontiguousarray(array)
+        return torch.from_numpy(array if array.flags.writeable else array.copy())
+
     k = min(k, doc_emb.shape[0])
-    queries = torch.from_numpy(np.ascontiguousarray(truncate_dim(query_emb, dim)))
+    queries = tensor(truncate_dim(query_emb, dim))
     best_scores = torch.full((queries.shape[0], 0), float("-inf"))
     best_index = torch.zeros((queries.shape[0], 0), dtype=torch.long)
     for start in range(0, doc_emb.shape[0], chunk):
         block = doc_emb[start : start + chunk]
-        block = torch.from_numpy(np.ascontiguousarray(truncate_dim(block, dim)))
+        block = tensor(truncate_dim(block, dim))
         scores = queries @ block.T
         top = torch.topk(scores, min(k, scores.shape[1]), dim=1)
         best_scores = torch.cat([best_scores, top.values], dim=1)
