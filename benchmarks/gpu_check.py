@@ -229,8 +229,7 @@ def write_training_inputs(folder: Path, samples: int, negatives: int) -> int:
     teacher's), shuffled, the first ``samples``; plus corpus and queries Parquet files."""
     import pyarrow as pa
 
-    from irflow.training_data.artifacts import write_table
-    from irflow.training_data.teacher import SCORES_SCHEMA
+    from irflow.training_data.artifacts import SCORES_SCHEMA, write_table
 
     qrels, run = read_qrels(), {}
     for qid, docid, score in read_run():
