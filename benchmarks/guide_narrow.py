@@ -55,8 +55,7 @@ def _write_inputs(work: Path, negatives: int, seed: int) -> dict[str, Path]:
 
     from irflow.data import CORPUS_SCHEMA, QUERIES_SCHEMA
     from irflow.io import read_qrels
-    from irflow.training_data.artifacts import write_table
-    from irflow.training_data.teacher import SCORES_SCHEMA
+    from irflow.training_data.artifacts import SCORES_SCHEMA, write_table
 
     corpus = _jsonl(SCIFACT / "corpus.jsonl")
     queries = _jsonl(SCIFACT / "queries.jsonl")

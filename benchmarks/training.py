@@ -97,8 +97,7 @@ def write_inputs(folder: Path, max_samples: int, num_negatives: int, seed: int) 
     """Corpus, queries and a scores Parquet (irflow's training-data format) from DL19."""
     import pyarrow as pa
 
-    from irflow.training_data.artifacts import write_table
-    from irflow.training_data.teacher import SCORES_SCHEMA
+    from irflow.training_data.artifacts import SCORES_SCHEMA, write_table
 
     queries, qrels = read_queries(), read_qrels()
     run: dict[str, list[tuple[str, float]]] = {}

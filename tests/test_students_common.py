@@ -20,8 +20,7 @@ from tiny_builders import (
     write_queries_parquet,
 )
 
-from irflow.training_data.artifacts import write_table
-from irflow.training_data.teacher import SCORES_SCHEMA
+from irflow.training_data.artifacts import SCORES_SCHEMA, write_table
 
 VOCAB = [*BERT_SPECIAL_TOKENS, *WORDS]
 

@@ -27,6 +27,7 @@ from tiny_builders import WORDS as BASE_WORDS
 from tiny_builders import scores_table as tiny_scores_table
 from workflow_helpers import MODELS, require_models
 
+from irflow.batching import plan_batches
 from irflow.io import InputError, write_trec_qrels, write_trec_run
 from irflow.models import ModelRef
 from irflow.training_data import (
@@ -48,7 +49,7 @@ from irflow.training_data import (
 from irflow.training_data.artifacts import ParquetSink, read_meta
 from irflow.training_data.consistency import ConsistencyParams
 from irflow.training_data.negatives import MiningParams, relative_threshold
-from irflow.training_data.teacher import causal_lm_teacher, plan_batches
+from irflow.training_data.teachers import causal_lm_teacher
 
 REPO = Path(__file__).resolve().parents[1]
 WORDS = [*BASE_WORDS, *EXTRA_WORDS, *PROMPT_WORDS]

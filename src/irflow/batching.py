@@ -15,6 +15,7 @@ than taken from a library because sentence-transformers offers only fixed-count 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -224,3 +225,17 @@ def predict_pairs(
                 show_progress_bar=False,
             )
     return scores if len(distinct) == len(pairs) else scores[index]
+
+
+def shard_rows(
+    num_rows: int, shard_index: int, num_shards: int, chunk_samples: int
+) -> tuple[int, int]:
+    """The row range ``[start, stop)`` of the samples that shard ``shard_index`` scores."""
+    if num_shards < 1 or not 0 <= shard_index < num_shards:
+        raise ValueError(f"shard {shard_index} of {num_shards}: need 0 <= shard < num_shards")
+    if chunk_samples < 1:
+        raise ValueError(f"chunk_samples must be >= 1, got {chunk_samples}")
+    chunks = math.ceil(num_rows / chunk_samples)
+    first = shard_index * chunks // num_shards
+    last = (shard_index + 1) * chunks // num_shards
+    return min(first * chunk_samples, num_rows), min(last * chunk_samples, num_rows)

@@ -350,7 +350,7 @@ def query_shard(query_ids, shard_index: int, num_shards: int) -> list[str]:
     """The query ids of shard ``shard_index`` of ``num_shards``: the contiguous block
     ``[i*Q//n, (i+1)*Q//n)`` of the sorted ids (empty when there are more shards than queries).
     """
-    from irflow.training_data.teacher import shard_rows
+    from irflow.batching import shard_rows
 
     qids = sorted(query_ids)
     start, stop = shard_rows(len(qids), shard_index, num_shards, chunk_samples=1)

@@ -50,8 +50,8 @@ def read_training_set(
 ) -> TrainingSet:
     """Read samples, their query texts and their documents' texts; refuse anything missing."""
     from irflow.data import read_queries
-    from irflow.training_data.artifacts import check_columns
-    from irflow.training_data.teacher import SCORES_SCHEMA, CorpusTexts
+    from irflow.training_data.artifacts import SCORES_SCHEMA, check_columns
+    from irflow.training_data.teacher import CorpusTexts
 
     samples_parquet = str(samples_parquet)
     if not os.path.isfile(samples_parquet):

@@ -36,9 +36,9 @@ import pyarrow.parquet as pq
 from sentence_transformers.base.sampler import DefaultBatchSampler
 
 from irflow.io import InputError
-from irflow.training_data.artifacts import check_columns, read_meta
+from irflow.training_data.artifacts import SCORES_SCHEMA, check_columns, read_meta
 from irflow.training_data.pairs import SHOW
-from irflow.training_data.teacher import SCORES_SCHEMA, CorpusTexts
+from irflow.training_data.teacher import CorpusTexts
 
 DATA_FORMATS = ("pairs", "ntuple", "ntuple_scores")
 

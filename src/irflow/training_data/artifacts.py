@@ -182,3 +182,25 @@ def write_table(
 ) -> None:
     with ParquetSink(path, schema, meta, row_group_rows) as sink:
         sink.write(table)
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher scores (rules score_teacher_shard / merge_teacher_scores; read by the consistency
+# filter and the students' and decoders' sample loaders): one row per (query, positive), the
+# negatives as lists, every score a finite float32 of the kind the teacher's kind gives.
+# ---------------------------------------------------------------------------------------------
+SCORES_SCHEMA = pa.schema(
+    [
+        pa.field("query_id", pa.string(), nullable=False),
+        pa.field("pos_id", pa.string(), nullable=False),
+        pa.field("pos_score", pa.float32(), nullable=False),
+        pa.field("neg_ids", pa.list_(pa.string()), nullable=False),
+        pa.field("neg_scores", pa.list_(pa.float32()), nullable=False),
+    ]
+)
+
+SCORE_KINDS = {
+    "bi-encoder": "cosine",
+    "cross-encoder": "logit",
+    "causal-lm": "yes_minus_no_logit",
+}

@@ -31,12 +31,12 @@ import pyarrow.parquet as pq
 
 from irflow.io import write_json_atomic
 from irflow.training_data.artifacts import (
+    SCORES_SCHEMA,
     ParquetSink,
     check_columns,
     check_finite_scores,
     read_meta,
 )
-from irflow.training_data.teacher import SCORES_SCHEMA
 
 
 @dataclass(frozen=True)
