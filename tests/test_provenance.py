@@ -396,3 +396,29 @@ def test_manifest_tells_a_changed_output_from_a_deleted_one(tmp_path, monkeypatc
     assert manifest["stale"] == ["results/a.txt"]
     assert manifest["missing"] == ["results/b.txt"]
     assert "results/b.txt` | make_deleted | 7 | " in provenance.manifest_markdown(manifest)
+
+
+def test_records_hold_the_numerics_settings_of_torch_jobs():
+    """A torch job's record says how reproducible its numbers are (deterministic algorithms,
+    TF32, cuBLAS workspace); a job that never imported torch records none (and imports none)."""
+    probe = (
+        "import sys, json\n"
+        "from irflow.provenance.environment import numerics\n"
+        "before = numerics()\n"
+        "assert 'torch' not in sys.modules\n"
+        "import torch\n"
+        "torch.use_deterministic_algorithms(True)\n"
+        "print(json.dumps([before, numerics()]))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", probe],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "CUBLAS_WORKSPACE_CONFIG": ":4096:8"},
+    )
+    assert done.returncode == 0, done.stderr
+    before, after = json.loads(done.stdout.strip().splitlines()[-1])
+    assert before is None
+    assert after["deterministic_algorithms"] is True
+    assert after["cublas_workspace_config"] == ":4096:8"
+    assert {"cudnn_benchmark", "cuda_matmul_allow_tf32", "float32_matmul_precision"} <= set(after)

@@ -208,6 +208,30 @@ def gpu_names() -> list[str]:
     return [line.strip() for line in done.stdout.splitlines() if line.strip()]
 
 
+def numerics() -> dict | None:
+    """The settings that decide how reproducible a torch job's numbers are on a GPU, as the job
+    left them: deterministic algorithms, cuDNN autotuning, TF32 matmuls, the cuBLAS workspace.
+    None for a job that never imported torch (read from ``sys.modules``: never imported here)."""
+    torch = sys.modules.get("torch")
+    if torch is None:
+        return None
+    facts = {
+        "deterministic_algorithms": torch.are_deterministic_algorithms_enabled(),
+        "cublas_workspace_config": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+    }
+    backends = getattr(torch, "backends", None)
+    cudnn = getattr(backends, "cudnn", None)
+    if cudnn is not None:
+        facts["cudnn_deterministic"] = bool(cudnn.deterministic)
+        facts["cudnn_benchmark"] = bool(cudnn.benchmark)
+        facts["cudnn_allow_tf32"] = bool(cudnn.allow_tf32)
+    matmul = getattr(getattr(backends, "cuda", None), "matmul", None)
+    if matmul is not None:
+        facts["cuda_matmul_allow_tf32"] = bool(matmul.allow_tf32)
+    facts["float32_matmul_precision"] = torch.get_float32_matmul_precision()
+    return facts
+
+
 def device_info() -> dict:
     return {
         "cpu": cpu_model(),
@@ -215,6 +239,7 @@ def device_info() -> dict:
         "gpus": gpu_names(),
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
+        "numerics": numerics(),
     }
 
 
