@@ -147,6 +147,21 @@ def test_changing_one_arm_reruns_only_that_arm(studies_run):
 
 @pytest.mark.slow
 @pytest.mark.models
+def test_operational_edits_to_students_rerun_nothing(studies_run):
+    """Checkpoint intervals and descriptions decide no artifact: editing them plans 0 jobs."""
+    workdir, config = studies_run
+    changed = copy.deepcopy(config)
+    for student in changed["students"].values():
+        student["training"] = {**student["training"], "checkpoint_every_steps": 7}
+        student["description"] = "edited"
+    for study in changed["studies"].values():
+        study["description"] = "edited"
+    result = snakemake(workdir, changed, "studies", "-n")
+    assert planned_jobs(result.stdout) == {}, result.stdout[-3000:]
+
+
+@pytest.mark.slow
+@pytest.mark.models
 def test_two_gpus_in_the_resources_run_two_training_processes(studies_run, tmp_path):
     """gpus: 2 on train_student starts torchrun from the rule itself (gloo on this CPU): two
     processes train one model on the same global batch. The weights are not bit-identical to
