@@ -242,6 +242,14 @@ def all_targets():
     )
 
 
+def bm25_shard_runs(wildcards, shards):
+    """The query-shard run files rule merge_runs concatenates, in shard order."""
+    folder = (
+        f"{RESULTS}/run-shards/{wildcards.dataset}/first-stage/{wildcards.retriever}"
+    )
+    return [f"{folder}/shard-{i}-of-{shards}.trec" for i in range(shards)]
+
+
 def dense_embeddings(wildcards):
     model = settings("retrievers", wildcards.retriever)["model"]
     return f"{RESULTS}/embeddings/{corpus_of(wildcards.dataset)}/{model}"

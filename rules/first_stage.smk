@@ -88,11 +88,7 @@ else:
 
     rule merge_runs:
         input:
-            shards=lambda wildcards: [
-                f"{RESULTS}/run-shards/{wildcards.dataset}/first-stage/{wildcards.retriever}"
-                f"/shard-{i}-of-{BM25_QUERY_SHARDS}.trec"
-                for i in range(BM25_QUERY_SHARDS)
-            ],
+            shards=lambda wildcards: bm25_shard_runs(wildcards, BM25_QUERY_SHARDS),
         output:
             run=f"{RESULTS}/runs/{{dataset}}/first-stage/{{retriever}}.trec",
         log:

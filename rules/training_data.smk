@@ -154,6 +154,8 @@ rule training_data_table:
     resources:
         **resources_for("training_data_table"),
     params:
-        results_dir=RESULTS,
+        results_dir=lambda wildcards, output: results_dir_of(
+            output.tsv, "tables/training-data.tsv"
+        ),
     script:
         "../workflow_scripts/training_data_table.py"
