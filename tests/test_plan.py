@@ -182,7 +182,9 @@ def planted_run(tmp_path_factory):
     shutil.copytree(MODELS / "all-MiniLM-L6-v2", model)
     config = absolute_config()
     config["models"]["minilm-l6"]["path"] = str(model)
-    config["datasets"]["dl19"]["description"] = f"DL19, fetched with {TOKEN} ({PLAIN_SECRET})"
+    # A token-shaped value in a description, a plain value under a credential-like key: what
+    # redaction can recognise. (A plain value in a description is just text to it.)
+    config["datasets"]["dl19"]["description"] = f"DL19, fetched with {TOKEN}"
     config["x-credentials"] = {"api_key": PLAIN_SECRET, "token": TOKEN}
     snakemake(workdir, config)
     snakemake(workdir, config, "--report", str(workdir / "results" / "snakemake-report.html"))
