@@ -88,6 +88,18 @@ def test_operational_keys_are_not_deciding():
         assert "description" not in yaml.safe_dump(params)
 
 
+def test_reordering_keys_decides_nothing():
+    config = absolute_config()
+    reordered = copy.deepcopy(config)
+    reordered["datasets"] = {
+        name: dict(reversed(list(entry.items()))) for name, entry in config["datasets"].items()
+    }
+    a = Plan.from_config(config, SCHEMA, REPO)
+    b = Plan.from_config(reordered, SCHEMA, REPO)
+    for name in a.names("datasets"):
+        assert repr(a.dataset(name)) == repr(b.dataset(name))
+
+
 def test_a_model_folder_is_its_files(tmp_path):
     model = tmp_path / "model"
     (model / "1_Pooling").mkdir(parents=True)
@@ -214,8 +226,10 @@ def test_editing_descriptions_reruns_nothing(planted_run):
     workdir, config, _ = planted_run
     changed = copy.deepcopy(config)
     for section in ("datasets", "models", "retrievers", "rerankers"):
-        for entry in changed.get(section, {}).values():
+        for name, entry in changed.get(section, {}).items():
             entry["description"] = "edited: this decides nothing"
+            # and the keys in another order
+            changed[section][name] = dict(reversed(list(entry.items())))
     changed["x-notes"] = {"anything": 1}
     result = snakemake(workdir, changed, "-n")
     assert planned_jobs(result.stdout) == {}, result.stdout[-3000:]

@@ -186,12 +186,14 @@ def check_results_dir(value: str, workdir: str | os.PathLike) -> str:
 
 
 def deciding(entry: Any, section: str | None = None) -> Any:
-    """``entry`` without its operational keys (see :data:`NON_DECIDING`), as a new value."""
+    """``entry`` without its operational keys (see :data:`NON_DECIDING`), as a new value with
+    its keys sorted: reordering keys in the YAML decides nothing either, and Snakemake compares
+    params by their printed form."""
     if isinstance(entry, Mapping):
         drop = NON_DECIDING_EVERYWHERE | NON_DECIDING.get(section or "", frozenset())
         return {
-            k: deciding(v, f"{section}.{k}" if section else None)
-            for k, v in entry.items()
+            k: deciding(entry[k], f"{section}.{k}" if section else None)
+            for k in sorted(entry, key=str)
             if k not in drop and not str(k).startswith("x-")
         }
     if isinstance(entry, list | tuple):
