@@ -422,3 +422,31 @@ def test_records_hold_the_numerics_settings_of_torch_jobs():
     assert after["deterministic_algorithms"] is True
     assert after["cublas_workspace_config"] == ":4096:8"
     assert {"cudnn_benchmark", "cuda_matmul_allow_tf32", "float32_matmul_precision"} <= set(after)
+
+
+def test_records_name_the_commit_a_hub_revision_resolved_to(tmp_path, monkeypatch):
+    """A hub model in a job's params is recorded with the commit the local cache holds for its
+    revision (read offline); an uncached one says so (None); a pinned commit is itself."""
+    from irflow.provenance.hub import hub_models
+
+    commit = "0123456789abcdef0123456789abcdef01234567"
+    repo = tmp_path / "models--org--model"
+    (repo / "refs").mkdir(parents=True)
+    (repo / "refs" / "main").write_text(commit)
+    (repo / "snapshots" / commit).mkdir(parents=True)
+    (repo / "snapshots" / commit / "config.json").write_text("{}")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    import huggingface_hub.constants as constants
+
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    params = {
+        "model": {"name": "m", "hf_id": "org/model", "revision": "main"},
+        "teacher": {"model": {"hf_id": "org/missing"}},
+        "init": {"hf_id": "org/pinned", "revision": "f" * 40},
+    }
+    assert hub_models(params) == [
+        {"hf_id": "org/model", "revision": "main", "resolved": commit},
+        {"hf_id": "org/missing", "revision": None, "resolved": None},
+        {"hf_id": "org/pinned", "revision": "f" * 40, "resolved": "f" * 40},
+    ]

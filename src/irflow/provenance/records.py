@@ -27,6 +27,7 @@ from irflow.provenance.environment import (
     package_versions,
     python_info,
 )
+from irflow.provenance.hub import hub_models
 from irflow.provenance.redaction import environment_secrets, redact
 
 SCHEMA = "irflow.provenance/1"
@@ -148,6 +149,7 @@ def build_record(
             "runtime": container_runtime(),
         },
         "device": device_info(),
+        "hub_models": hub_models(params),
         "seed": config.get("seed"),
         "threads": threads,
         "started": started,
