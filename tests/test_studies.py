@@ -274,3 +274,10 @@ def test_written_files(tmp_path):
     assert "(+0.1000) p: –" in markdown
     assert "- d r/c nDCG@10: the same difference (+0.1000) on all 3 queries: no test" in markdown
     assert len(pd.read_csv(out / "t.per-query.tsv", sep="\t")) == 6
+    assert "Smoke scale" not in markdown
+    write_study_table(
+        "toy", spec, rows, files, out / "t.tsv", out / "s.md", out / "t.per-query.tsv",
+        scale="smoke",
+    )  # fmt: skip
+    smoke = (out / "s.md").read_text().splitlines()
+    assert smoke[2] == "**Smoke scale: these numbers show that the pipeline runs, not findings.**"

@@ -14,6 +14,7 @@ write_study_table(
     snakemake.output.markdown,
     snakemake.output.per_query,
     seed=snakemake.params.seed,
+    scale=snakemake.params.scale,
 )
 write_study_latex(
     snakemake.wildcards.study,

@@ -307,10 +307,18 @@ def build_study_table(
     return frame, pd.DataFrame(deltas, columns=delta_columns)
 
 
-def markdown_table(frame: pd.DataFrame, measures: list[str], study: str, spec: dict) -> str:
+SMOKE_NOTICE = "Smoke scale: these numbers show that the pipeline runs, not findings."
+
+
+def markdown_table(
+    frame: pd.DataFrame, measures: list[str], study: str, spec: dict, scale: str | None = None
+) -> str:
     """Readable view: means with marks, deltas against the reference with their 95 % interval
-    and p-value, and the notes of comparisons that were not tested."""
+    and p-value, and the notes of comparisons that were not tested. At ``scale`` smoke it
+    opens by saying its numbers are no findings."""
     lines = [f"# Study {study}", ""]
+    if scale == "smoke":
+        lines += [f"**{SMOKE_NOTICE}**", ""]
     if spec.get("description"):
         lines += [spec["description"].strip(), ""]
     baseline = spec.get("baseline") or spec["arms"][0]
@@ -360,6 +368,7 @@ def write_study_table(
     markdown_out: str,
     per_query_out: str,
     seed: int = 0,
+    scale: str | None = None,
 ) -> pd.DataFrame:
     measures = list(spec.get("measures") or ["nDCG@10", "RR@10", "AP", "R-Prec", "P@10"])
     baseline = spec.get("baseline") or spec["arms"][0]
@@ -372,5 +381,5 @@ def write_study_table(
     with atomic_output(per_query_out) as tmp:
         deltas.to_csv(tmp, sep="\t", index=False, float_format="%.6f")
     with atomic_output(markdown_out) as tmp:
-        tmp.write_text(markdown_table(frame, measures, study, spec), encoding="utf-8")
+        tmp.write_text(markdown_table(frame, measures, study, spec, scale), encoding="utf-8")
     return frame
