@@ -642,7 +642,30 @@ class Plan:
         spec = self._config["students"][name]
         training = copy.deepcopy(spec["training"])
         training.setdefault("seed", self.seed)
+        self._teacher_temperature(spec, training)
         return training if operational else deciding(training, "students.training")
+
+    def _teacher_temperature(self, spec: dict, training: dict) -> None:
+        """A kd objective without ``temperature`` gets the default for its teacher's score
+        kind (0.05 for a bi-encoder's cosines, 1 for logits), written into ``training``: the
+        temperature a student trains at is then in its deciding params."""
+        from irflow.students.losses import OBJECTIVES
+        from irflow.students.spec import default_kd_temperature
+
+        objective = training.get("objective")
+        if not isinstance(objective, dict) or objective.get("temperature") is not None:
+            return
+        known = OBJECTIVES.get(spec.get("kind"), {}).get(objective.get("name"))
+        if known is None or not (known.uses_teacher and "temperature" in known.params):
+            return
+        teacher = self._config["teachers"].get((spec.get("data") or {}).get("teacher"))
+        if teacher is None:
+            return  # reported by the reference checks
+        from irflow.training_data.artifacts import SCORE_KINDS  # pyarrow: only when needed
+
+        score_kind = SCORE_KINDS.get(teacher["kind"])
+        training["objective"] = {**objective, "temperature": default_kd_temperature(score_kind)}
+
 
     def student_params(self, name: str) -> dict:
         """Everything that decides a student's weights, and nothing else."""

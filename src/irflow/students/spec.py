@@ -20,6 +20,19 @@ from typing import Any
 SCHEDULES = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}
 BATCH_SAMPLERS = ("random", "no_duplicates")
 
+# The kd objective's default temperature by the teacher's score kind (the ``score_kind`` of the
+# teacher-scores artifact, :data:`irflow.training_data.artifacts.SCORE_KINDS`). A bi-encoder
+# teacher's cosines lie in [-1, 1]: at T = 1 their softmax over a list is nearly uniform and
+# teaches almost nothing, so they get sentence-transformers' scale 20 (T = 0.05, as its
+# MultipleNegativesRankingLoss). Cross-encoder and causal-LM logits are used as they are (T = 1).
+KD_TEMPERATURE_BY_SCORE_KIND = {"cosine": 0.05, "logit": 1.0, "yes_minus_no_logit": 1.0}
+KD_DEFAULT_TEMPERATURE = 1.0  # a score kind not in the table (e.g. a file without one)
+
+
+def default_kd_temperature(score_kind: str | None) -> float:
+    """The kd temperature used when ``objective.temperature`` is not given."""
+    return KD_TEMPERATURE_BY_SCORE_KIND.get(score_kind, KD_DEFAULT_TEMPERATURE)
+
 
 def _float(section: str, key: str, value: Any, allow_none: bool = False) -> float | None:
     if value is None and allow_none:
@@ -59,7 +72,11 @@ def _check_keys(section: str, entry: Any, allowed: set[str]) -> dict[str, Any]:
 class ObjectiveSpec:
     """The loss: its registry name and the parameters it takes (None: the objective's default).
 
-    ``temperature``           softmax temperature (cl, kd, infonce, cached_infonce)
+    ``temperature``           softmax temperature (cl, kd, infonce, cached_infonce). kd's
+                              default follows the teacher's score kind
+                              (:data:`KD_TEMPERATURE_BY_SCORE_KIND`): 0.05 for a bi-encoder
+                              teacher's cosines, 1 for cross-encoder or causal-LM logits; a
+                              given value always wins
     ``temperature_squared``   kd: multiply the KL by T^2 (Hinton et al.), off by default
     ``in_batch_negatives``    cross-encoder cl: in-batch negatives per query besides the hard
                               ones (0: the positive and its own hard negatives only)

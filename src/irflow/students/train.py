@@ -11,6 +11,12 @@ Face Trainer underneath) with the objective, optimizer and schedule of a
   bi-encoder folder (or a bare encoder) that is the encoder with a fresh, seeded one-logit head.
   A bi-encoder student is ``SentenceTransformer(init_dir)``. :func:`save_untrained` writes
   exactly the model training starts from (the "untrained" baseline).
+* **Teacher score scale.** For kd (a softmax over the teacher's scores) a missing
+  ``objective.temperature`` becomes the default for the scores file's ``score_kind`` (0.05 for
+  a bi-encoder teacher's cosines, 1 for logits; :func:`resolve_temperature`). The mean entropy
+  of the teacher distribution against its maximum (log of the list length) is logged at the
+  start and kept in the stats (``teacher_entropy``); above :data:`NEAR_UNIFORM` of the maximum
+  a WARNING says the distribution is near uniform and names ``objective.temperature``.
 * **Determinism.** Batches are shuffled by the library's samplers, reseeded with
   ``seed + epoch`` at every epoch (accelerate's seedable sampler; the no-duplicates sampler
   reseeds itself), or with ``group_by_length`` by
@@ -38,6 +44,7 @@ Face Trainer underneath) with the objective, optimizer and schedule of a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import json
 import logging
@@ -59,9 +66,14 @@ from irflow.students.data import (
     rows_per_sample,
     to_dataset,
 )
-from irflow.students.losses import get_objective
+from irflow.students.losses import Objective, get_objective
 from irflow.students.optim import check_runnable, describe_optimizer, resolve_optimizer
-from irflow.students.spec import SCHEDULES, LoraSpec, StudentTrainingSpec
+from irflow.students.spec import (
+    SCHEDULES,
+    LoraSpec,
+    StudentTrainingSpec,
+    default_kd_temperature,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +82,70 @@ LIVE_CURVES = "curves.jsonl"
 COMPLETE_MARKER = "irflow-complete"
 CHECKPOINTS_KEPT = 2
 _HEAD_NAMES = ("classifier", "score", "head")
+# Above this share of its maximum (log of the list length) the teacher's mean entropy is near
+# uniform: the distilled distribution says little about which document is better.
+NEAR_UNIFORM = 0.95
+
+
+# ---------------------------------------------------------------------------------------------
+# Teacher score scale
+# ---------------------------------------------------------------------------------------------
+def resolve_temperature(
+    spec: StudentTrainingSpec, objective: Objective, score_kind: str | None
+) -> StudentTrainingSpec:
+    """``spec`` with the temperature of a teacher-softmax objective (kd) made explicit: the
+    given ``objective.temperature``, else the default for the teacher's ``score_kind``
+    (:func:`~irflow.students.spec.default_kd_temperature`: 0.05 for cosines, 1 for logits)."""
+    if not (objective.uses_teacher and "temperature" in objective.params):
+        return spec
+    if spec.objective.temperature is not None:
+        return spec
+    temperature = default_kd_temperature(score_kind)
+    log.info(
+        "objective %s: temperature %g, the default for teacher scores of kind %r",
+        objective.name, temperature, score_kind,
+    )  # fmt: skip
+    return dataclasses.replace(
+        spec, objective=dataclasses.replace(spec.objective, temperature=temperature)
+    )
+
+
+def teacher_entropy(pos_scores, neg_scores, temperature: float) -> dict[str, float]:
+    """Mean entropy (nats) of the teacher's softmax(scores / T) over each sample's list, its
+    maximum ``log(list length)`` (a uniform distribution) and their ratio."""
+    import numpy as np
+
+    scores = np.concatenate(
+        [np.asarray(pos_scores, dtype=np.float64)[:, None], np.asarray(neg_scores, np.float64)],
+        axis=1,
+    )
+    z = scores / temperature
+    z -= z.max(axis=1, keepdims=True)
+    log_p = z - np.log(np.exp(z).sum(axis=1, keepdims=True))
+    mean = float(-(np.exp(log_p) * log_p).sum(axis=1).mean())
+    maximum = math.log(scores.shape[1])
+    return {
+        "temperature": temperature,
+        "mean": round(mean, 6),
+        "max": round(maximum, 6),
+        "ratio": round(mean / maximum, 6) if maximum > 0 else 1.0,
+    }
+
+
+def log_teacher_entropy(entropy: dict[str, float], objective: str) -> None:
+    """Log the teacher distribution's entropy; a WARNING when it is near uniform."""
+    log.info(
+        "teacher distribution at temperature %g: mean entropy %.4f nats of at most %.4f "
+        "(log of the list length), ratio %.3f",
+        entropy["temperature"], entropy["mean"], entropy["max"], entropy["ratio"],
+    )  # fmt: skip
+    if entropy["ratio"] > NEAR_UNIFORM:
+        log.warning(
+            "objective %s: the teacher's softmax at temperature %g is near uniform (mean "
+            "entropy %.1f%% of its maximum), so distillation teaches almost nothing; lower "
+            "objective.temperature (a bi-encoder teacher's cosines need about 0.05)",
+            objective, entropy["temperature"], 100 * entropy["ratio"],
+        )  # fmt: skip
 
 
 # ---------------------------------------------------------------------------------------------
@@ -443,6 +519,14 @@ def train_student(
             f"{_world_size()} training processes"
         )
     samples = load_samples(scores_parquet, queries_parquet, corpus_parquet, spec.num_negatives)
+    spec = resolve_temperature(spec, objective, samples.score_kind)
+    entropy = None
+    if objective.uses_teacher and "temperature" in objective.params:
+        entropy = teacher_entropy(
+            samples.pos_scores, samples.neg_scores, spec.objective.temperature
+        )
+        if _rank() == 0:
+            log_teacher_entropy(entropy, objective.name)
     dataset = to_dataset(samples, objective.data)
     rows = rows_per_sample(objective.data, spec.num_negatives)
     pairs_per_sample = 1 + spec.num_negatives
@@ -526,6 +610,7 @@ def train_student(
         "objective": spec.objective.name,
         "data_format": objective.data,
         **samples.stats,
+        **({"teacher_entropy": entropy} if entropy else {}),
         "pairs_per_sample": pairs_per_sample,
         "steps": steps,
         "steps_per_epoch": count.steps_per_epoch,

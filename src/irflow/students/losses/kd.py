@@ -13,7 +13,9 @@ equal the teacher's (or differ by a constant per list).
 Written here because sentence-transformers has no such loss: its ``ListNetLoss`` is the cross
 entropy ``-sum p log q`` at temperature 1, which differs from the KL by the teacher's entropy
 (so it is not zero for a perfect student) and takes no temperature. Cosine teachers produce
-scores in [-1, 1]: choose a small temperature (e.g. 0.05) for a peaked teacher distribution.
+scores in [-1, 1], whose softmax at T = 1 is nearly uniform: without an explicit
+``temperature`` the trainer uses the default for the teacher's score kind (0.05 for cosines,
+1 for logits; :func:`irflow.students.spec.default_kd_temperature`) before the loss is built.
 """
 
 from __future__ import annotations
