@@ -666,7 +666,6 @@ class Plan:
         score_kind = SCORE_KINDS.get(teacher["kind"])
         training["objective"] = {**objective, "temperature": default_kd_temperature(score_kind)}
 
-
     def student_params(self, name: str) -> dict:
         """Everything that decides a student's weights, and nothing else."""
         spec = self._config["students"][name]
