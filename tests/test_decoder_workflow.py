@@ -257,3 +257,38 @@ def test_changing_one_arm_reruns_only_that_arm(decoder_run):
     }, result.stdout[-3000:]
     arms = {w.split("arm=")[1].split(",")[0] for w in result.stdout.splitlines() if "arm=" in w}
     assert arms == {"joint-moe"}
+
+
+@pytest.mark.slow
+def test_two_gpus_in_the_resources_train_one_decoder_in_two_processes(decoder_run, tmp_path):
+    """gpus: 2 on train_unified starts torchrun from the rule itself (gloo on this CPU): two
+    processes train one model on the same global batches. The LoRA arm (no dropout, no MoE
+    load-balancing term) matches the one-process weights to float rounding as Adam leaves it
+    (tests/test_decoder_distributed.py: WEIGHT_TOLERANCE); the MoE-LoRA arm's load-balancing
+    term is taken per process (the documented difference), so it is only close."""
+    import shutil
+
+    from safetensors.torch import load_file
+    from test_decoder_distributed import WEIGHT_TOLERANCE
+
+    workdir, config = decoder_run
+    copy_dir = tmp_path / "two-processes"
+    shutil.copytree(workdir, copy_dir, symlinks=True)
+    changed = copy.deepcopy(config)
+    changed.setdefault("resources", {})["train_unified"] = {"gpus": 2, "cpus": 2}
+    targets = [f"results/decoders/{arm}/model" for arm in ("joint-lora-pcgrad", "joint-moe")]
+    snakemake(copy_dir, changed, *targets, "--forcerun", "train_unified")
+    for arm, tolerance in (("joint-lora-pcgrad", WEIGHT_TOLERANCE), ("joint-moe", 1e-3)):
+        one = json.loads((workdir / f"results/decoders/{arm}/train.stats.json").read_text())
+        two = json.loads((copy_dir / f"results/decoders/{arm}/train.stats.json").read_text())
+        assert one["world_size"] == 1 and two["world_size"] == 2
+        assert two["examples"] == one["examples"]
+        log = (copy_dir / f"results/logs/train_unified/{arm}.log").read_text()
+        assert "launching 2 training processes" in log
+        weights = [
+            load_file(root / f"results/decoders/{arm}/model/adapter_model.safetensors")
+            for root in (workdir, copy_dir)
+        ]
+        diff = max(float((weights[0][k] - weights[1][k]).abs().max()) for k in weights[0])
+        print(f"{arm}: two processes vs one, max |weight diff| {diff:.3g}")
+        assert diff < tolerance, (arm, diff)

@@ -1,10 +1,13 @@
-"""Rule train_unified: staged training of one unified decoder arm (embedding + reranking)."""
+"""Rule train_unified: staged training of one unified decoder arm (embedding + reranking).
 
-from irflow import job
+With ``gpus: N > 1`` in the rule's resources the training runs in N torchrun processes
+(irflow.launch), one model, each global batch split across them (irflow.decoder.distributed)."""
+
+from irflow import job, launch
 from irflow.decoder.spec import parse_spec
-from irflow.decoder.train import train_unified
+from irflow.decoder.train import train_unified_from_config
 from irflow.io import write_json_atomic
-from irflow.models import ModelRef, configure_threads
+from irflow.models import configure_threads
 
 job.start(snakemake)
 configure_threads(snakemake.threads)
@@ -15,15 +18,20 @@ spec["training"] = {
     "checkpoint_every_steps": snakemake.resources.checkpoint_every_steps or None,
 }
 parse_spec(spec, where=f"config decoders.{arm}")  # errors name the arm's key path
-base = dict(snakemake.params.base)
-stats = train_unified(
-    spec,
-    snakemake.input.data,
-    snakemake.input.queries,
-    snakemake.input.corpus,
-    ModelRef.from_config(base.pop("name"), base),
-    snakemake.output.model,
-    snakemake.output.diagnostics,
-    checkpoint_dir=snakemake.params.checkpoints,
-)
+call = {
+    "spec_dict": spec,
+    "samples_parquet": snakemake.input.data,
+    "queries_parquet": snakemake.input.queries,
+    "corpus_parquet": snakemake.input.corpus,
+    "base": dict(snakemake.params.base),
+    "out_dir": snakemake.output.model,
+    "diagnostics_dir": snakemake.output.diagnostics,
+    "checkpoint_dir": snakemake.params.checkpoints,
+}
+processes = int(snakemake.resources.get("gpu", 0) or 0)
+if processes > 1:
+    threads = max(1, snakemake.threads // processes)
+    stats = launch.run(processes, "irflow.decoder.train:train_unified_from_config", call, threads)
+else:
+    stats = train_unified_from_config(**call)
 write_json_atomic(snakemake.output.stats, {"decoder": arm, **stats})

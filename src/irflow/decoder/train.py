@@ -17,16 +17,17 @@ of ``L = L_emb + λ·L_rerank``, or with ``pcgrad: true`` the PCGrad combination
 Every ``log_every`` steps of a joint stage the per-layer and per-projection cosines of
 ``g_embed`` and ``g_rerank`` are recorded (:mod:`.diagnostics`).
 
-**Gradient accumulation** (``training.gradient_accumulation_steps``, ``k``): an optimizer
-step averages the gradients of ``k`` times as many batches; steps, schedules, ``log_every`` and
+**Gradient accumulation** (``training.gradient_accumulation_steps``, ``k``): an optimizer step
+averages the gradients of ``k`` times as many batches; steps, schedules, ``log_every`` and
 checkpoints count optimizer steps, never batches, so a checkpoint always falls between two
-optimizer steps. Samples per step: ``batch_size x ratio[t] x k`` (the trainer runs in one
-process: world size 1). For the reranking loss (a mean over pairs) ``k`` batches of ``b``
-samples give the gradient of one batch of ``k x b`` when every sample has the same number of
-negatives; for InfoNCE they do not: each query's negatives are those of its own batch, so
-accumulation averages ``k`` losses over ``b x (1 + num_negatives)`` documents each, while a
-batch of ``k x b`` contrasts every query with ``k`` times as many. A larger contrastive batch
-needs a larger ``embedding.batch_size``, which gradient caching makes affordable.
+optimizer steps. Samples per step: ``batch_size x ratio[t] x k``, whatever the number of
+processes (``batch_size`` is the global batch). For the reranking loss (a mean over pairs)
+``k`` batches of ``b`` samples give the gradient of one batch of ``k x b`` when every sample
+has the same number of negatives; for InfoNCE they do not: each query's negatives are those of
+its own batch, so accumulation averages ``k`` losses over ``b x (1 + num_negatives)`` documents
+each, while a batch of ``k x b`` contrasts every query with ``k`` times as many. A larger
+contrastive batch needs a larger ``embedding.batch_size``, which gradient caching makes
+affordable.
 
 **Gradient caching** (``embedding.mini_batch_size``, ``reranking.mini_batch_size``): the whole
 batch's loss and gradient with the activations of only that many rows in memory at once
@@ -40,6 +41,20 @@ per-task gradients, cosines and PCGrad are unchanged; it composes with gradient
 checkpointing, accumulation, checkpoints and every optimizer. MoE-LoRA's load-balancing term
 is taken per mini-batch (as with accumulation), so with ``aux_loss_weight > 0`` the gradient
 differs from the uncached one by that term's batch dependence.
+
+**Several processes** (torchrun, ``WORLD_SIZE`` = ``W`` > 1; :mod:`.distributed`): every
+process draws the same global batches and encodes its contiguous share of each batch's
+queries, documents and pairs (with gradient caching, in mini-batches of its share); the other
+processes' outputs are gathered, so the loss is the global batch's (InfoNCE negatives from
+every process), and the flat gradient of each task is summed over the processes once per
+optimizer step, before cosines, PCGrad and clipping: one model, the one-process weights to
+float rounding (the test's tolerance: ``tests/test_decoder_distributed.py``). The documented
+differences: with dropout > 0 each process draws its own masks (ranks > 0 reseed from
+``seed``), and MoE-LoRA's load-balancing term is taken per process's share and averaged (as
+per mini-batch with caching), so ``aux_loss_weight > 0`` changes the gradient by that term's
+batch dependence. The usage counters are summed over processes at each stage's end. Only rank
+0 writes the model, the diagnostics and the checkpoints (one random state and one set of
+usage counters per process inside).
 
 **Losses.** Embedding: InfoNCE (``temperature``) of each query against the positives and drawn
 hard negatives of the whole batch, other known positives of the same query masked out,
@@ -199,12 +214,15 @@ def usage_paused(peft_model):
 
 class Trainer:
     def __init__(self, model, spec: DecoderSpec, data, device: str):
+        from . import distributed
         from .samples import TaskSampler
 
         self.model = model
         self.spec = spec
         self.data = data
         self.device = device
+        self.world = distributed.world_size()
+        self.rank = distributed.rank()
         named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
         if not named:
             raise RuntimeError("no trainable parameters")
@@ -308,7 +326,18 @@ class Trainer:
         (3) and averaged (mini-batches of a part equally, then the parts, as the parts are
         averaged without caching); the usage counters count step (3) only.
 
-        Returns (loss, aux or None), not divided."""
+        With several processes (:mod:`.distributed`) each encodes only its share of every part,
+        in mini-batches; step (2) gathers every process's outputs, so the loss is the global
+        batch's, and step (3) backpropagates this process's rows of the cache; the
+        load-balancing term of each process is weighted ``1 / world size``, so the summed
+        gradients hold the mean of the processes' terms.
+
+        Returns (loss, aux or None), not divided (the aux of this process's share)."""
+        from . import distributed
+
+        counts = [distributed.sizes(len(rows), self.world) for rows in parts]
+        if self.world > 1:
+            parts = [rows[distributed.shard(len(rows), self.world, self.rank)] for rows in parts]
         chunks = [(k, rows[i : i + mini]) for k, rows in enumerate(parts)
                   for i in range(0, len(rows), mini)]  # fmt: skip
         states, outputs = [], [[] for _ in parts]
@@ -317,10 +346,16 @@ class Trainer:
                 states.append(RandState(self.device))
                 outputs[k].append(encode(rows))
         after = RandState(self.device)
-        cached = [torch.cat(out).detach().requires_grad_() for out in outputs]
+        local = [torch.cat(out).detach() for out in outputs]
+        if self.world > 1:
+            whole = [distributed.gather_rows(o, c) for o, c in zip(local, counts, strict=True)]
+        else:
+            whole = local
+        cached = [w.detach().requires_grad_() for w in whole]
         loss = objective(*cached)
         (loss / divisor).backward()
-        grads = [iter(c.grad.split(mini)) for c in cached]
+        mine = [c.grad[distributed.shard(c.shape[0], self.world, self.rank)] for c in cached]
+        grads = [iter(g.split(mini)) for g in mine]
         per_part = [sum(1 for k, _ in chunks if k == part) for part in range(len(parts))]
         weight = self.spec.adapter.aux_loss_weight
         aux_total, has_aux = 0.0, False
@@ -334,36 +369,60 @@ class Trainer:
                 aux_total += float(aux.detach()) * share
                 has_aux = True
                 if weight > 0:
-                    tensors.append(aux * (weight * share / divisor))
+                    tensors.append(aux * (weight * share / (divisor * self.world)))
                     grad_tensors.append(None)
             torch.autograd.backward(tensors, grad_tensors)
         after.restore()
         return float(loss.detach()), aux_total if has_aux else None
 
     # ---------------------------------------------------------------- steps
+    def sharded_backward(
+        self, parts: list[list[list[int]]], encode, objective, divisor: int
+    ) -> tuple[float, float | None]:
+        """With several processes and no gradient caching: this process encodes its share of
+        every part with gradients, the other processes' outputs are gathered without, and the
+        global batch's loss / ``divisor`` is backpropagated into this process's rows (its
+        load-balancing term weighted ``1 / world size``, see :meth:`cached_backward`).
+        Returns (loss, aux of this process's share or None), not divided."""
+        from . import distributed
+
+        whole, auxes = [], []
+        for rows in parts:
+            counts = distributed.sizes(len(rows), self.world)
+            out = encode(rows[distributed.shard(len(rows), self.world, self.rank)])
+            auxes.append(self.model.aux_loss())
+            whole.append(distributed.gather_rows(out, counts))
+        loss = objective(*whole)
+        aux = _mean_aux(auxes)
+        weight = self.spec.adapter.aux_loss_weight
+        total = loss + weight * aux / self.world if aux is not None and weight > 0 else loss
+        (total / divisor).backward()
+        return float(loss.detach()), None if aux is None else float(aux.detach())
+
     def micro_batch(self, task: str, divisor: int) -> tuple[float, float | None]:
         """Forward and backward the loss / ``divisor`` of one batch of ``task`` (gradients
-        accumulate in ``.grad``); (loss, aux or None), not divided."""
+        accumulate in ``.grad``); (loss, aux or None), not divided. With several processes,
+        this process's share of the batch (:mod:`.distributed`)."""
         batch = self.samplers[task].next(self.data)
         mini = (self.spec.embedding if task == "embed" else self.spec.reranking).mini_batch_size
-        if mini is not None:
+        if mini is not None or self.world > 1:
             if task == "embed":
                 query_ids, document_ids, targets, exclude = self.embed_inputs(batch)
-                return self.cached_backward(
-                    [query_ids, document_ids],
-                    self.model.embed_ids,
-                    lambda q, d: self.embed_objective(q, d, targets, exclude),
-                    divisor,
-                    mini,
-                )
-            pair_ids, labels, groups = self.rerank_inputs(batch)
-            return self.cached_backward(
-                [pair_ids],
-                self.model.score_ids,
-                lambda scores: self.rerank_objective(scores, labels, groups),
-                divisor,
-                mini,
-            )
+                parts = [query_ids, document_ids]
+                encode = self.model.embed_ids
+
+                def objective(q, d):
+                    return self.embed_objective(q, d, targets, exclude)
+            else:
+                pair_ids, labels, groups = self.rerank_inputs(batch)
+                parts, encode = [pair_ids], self.model.score_ids
+
+                def objective(scores):
+                    return self.rerank_objective(scores, labels, groups)
+
+            if mini is None:
+                return self.sharded_backward(parts, encode, objective, divisor)
+            return self.cached_backward(parts, encode, objective, divisor, mini)
         loss, aux = (self.embed_loss if task == "embed" else self.rerank_loss)(batch)
         weight = self.spec.adapter.aux_loss_weight
         objective = loss + weight * aux if aux is not None and weight > 0 else loss
@@ -375,7 +434,11 @@ class Trainer:
         return stage.ratio[task] * self.spec.training.gradient_accumulation_steps
 
     def task_gradient(self, task: str, repeats: int) -> tuple[torch.Tensor, float, float]:
-        """Mean gradient of ``repeats`` batches of ``task``; (flat grad, loss, aux)."""
+        """Mean gradient of ``repeats`` batches of ``task``; (flat grad, loss, aux). With
+        several processes the flat gradient is summed over them (each holds its rows' part of
+        the global batch's gradient) and the aux averaged."""
+        from . import distributed
+
         total_loss = total_aux = 0.0
         for _ in range(repeats):
             loss, aux = self.micro_batch(task, repeats)
@@ -383,6 +446,9 @@ class Trainer:
             total_aux += aux / repeats if aux is not None else 0.0
         grad = self.groups.flat_grad()
         self.groups.zero()
+        if self.world > 1:
+            distributed.all_reduce_sum(grad)
+            total_aux = distributed.mean_scalar(total_aux, grad.device)
         return grad, total_loss, total_aux
 
     def log_cosines(self, stage: StageSpec, step: int, g_embed, g_rerank) -> None:
@@ -516,6 +582,8 @@ class Trainer:
             if on_step is not None:
                 on_step(global_step)
         seconds = time.perf_counter() - began
+        if self.world > 1:
+            self.reduce_usage(stage)
         for usage in expert_usage(self.model.peft, reset=True):
             self.expert_usage.append({"stage": stage.name, **usage})
         stats = {
@@ -533,12 +601,33 @@ class Trainer:
         self.stage_stats.append(stats)
         return stats
 
+    def reduce_usage(self, stage: StageSpec) -> None:
+        """Sum the MoE-LoRA usage counters of every process into each (so that the
+        diagnostics count the global batches' tokens)."""
+        from . import distributed
+        from .adapters import moe_layers
+
+        for _, layer in moe_layers(self.model.peft):
+            experts = layer.moe_config["default"].num_experts
+            usage = layer.usage.setdefault("default", {})
+            for task in sorted(stage.tasks):
+                entry = usage.setdefault(
+                    task,
+                    {
+                        "tokens": torch.zeros((), dtype=torch.float64, device=self.device),
+                        "counts": torch.zeros(experts, dtype=torch.float64, device=self.device),
+                        "prob_sum": torch.zeros(experts, dtype=torch.float64, device=self.device),
+                    },
+                )
+                for key in ("tokens", "counts", "prob_sum"):
+                    distributed.all_reduce_sum(entry[key])
+
     def stage_batching(self, stage: StageSpec) -> dict[str, dict[str, Any]]:
         """Per task of ``stage``: the samples of one batch (``batch_size``, capped at the
-        training set's size), batches per optimizer step (``ratio`` x
-        ``gradient_accumulation_steps``), samples per optimizer step (their product; the
-        trainer runs in one process, so world size 1) and the gradient-caching mini-batch.
-        The InfoNCE negatives of a query are those of its own batch only."""
+        training set's size; the global batch, whatever the number of processes), batches per
+        optimizer step (``ratio`` x ``gradient_accumulation_steps``), samples per optimizer
+        step (their product) and the gradient-caching mini-batch (per process). The InfoNCE
+        negatives of a query are those of its own (global) batch only."""
         out = {}
         for task in stage.tasks:
             section = self.spec.embedding if task == "embed" else self.spec.reranking
@@ -580,9 +669,22 @@ class Trainer:
             "grad_cosine": list(self.grad_cosine),
             "expert_usage": list(self.expert_usage),
         }
+        if self.world > 1:
+            # Every process's own random state (its dropout masks) and usage counters (its
+            # share's tokens, summed at the stage's end): a collective call, on every rank.
+            from . import distributed
+
+            state["ranks"] = distributed.all_gather_object(
+                {
+                    "torch_rng": state["stage"]["torch_rng"],
+                    "cuda_rng": [t.cpu() for t in state["stage"]["cuda_rng"]],
+                    "usage": state["usage"],
+                }
+            )
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore a checkpoint (with several processes: :func:`_for_rank` of it)."""
         from .adapters import moe_layers
 
         with torch.no_grad():
@@ -641,12 +743,21 @@ class Checkpoints:
     ``step-<global step>.pt`` holds :meth:`Trainer.state_dict`; it is written to a temporary
     name and renamed, and only then is the previous one deleted, so a job killed at any moment
     leaves one complete checkpoint behind. They are loaded with ``weights_only=True``.
+    With several processes only rank 0 (``writer``) writes, deletes and clears; the others
+    only read (after rank 0 has looked, :func:`train_unified`).
     """
 
-    def __init__(self, folder: str | os.PathLike, run: dict[str, Any], every: int | None):
+    def __init__(
+        self,
+        folder: str | os.PathLike,
+        run: dict[str, Any],
+        every: int | None,
+        writer: bool = True,
+    ):
         self.folder = Path(folder)
         self.run = run
         self.every = every
+        self.writer = writer
 
     def _files(self) -> list[Path]:
         found = self.folder.glob("step-*.pt") if self.folder.is_dir() else []
@@ -659,9 +770,13 @@ class Checkpoints:
         """The newest checkpoint's state if it belongs to this run; else clear the folder."""
         run_file = self.folder / "run.json"
         previous = json.loads(run_file.read_text(encoding="utf-8")) if run_file.is_file() else None
+        files = self._files()
+        if not self.writer:  # a reader: what the writer left
+            if previous != self.run or not files:
+                return None
+            return torch.load(files[-1], map_location="cpu", weights_only=True)
         for partial in self.folder.glob(".step-*.partial") if self.folder.is_dir() else []:
             partial.unlink()  # a save the job was killed in
-        files = self._files()
         if previous != self.run:
             if files:
                 log.warning(
@@ -686,6 +801,8 @@ class Checkpoints:
         return state
 
     def save(self, global_step: int, state: dict[str, Any]) -> None:
+        if not self.writer:
+            return
         self.folder.mkdir(parents=True, exist_ok=True)
         path = self.folder / f"step-{global_step:08d}.pt"
         partial = path.with_name(f".{path.name}.partial")
@@ -701,7 +818,8 @@ class Checkpoints:
 
     def clear(self) -> None:
         """Remove the checkpoints once the model is saved (a forced rerun then trains anew)."""
-        shutil.rmtree(self.folder, ignore_errors=True)
+        if self.writer:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _layer_of(name: str) -> int:
@@ -723,6 +841,16 @@ def _run_identity(
         (samples_parquet, queries_parquet, corpus_parquet),
         base_model_dir,
     )
+
+
+def _for_rank(state: dict[str, Any], rank: int) -> dict[str, Any]:
+    """A checkpoint of a several-process run as process ``rank`` resumes it: its own random
+    state and usage counters (``state["ranks"]``) in place of rank 0's."""
+    if "ranks" not in state:
+        return state
+    mine = state["ranks"][rank]
+    stage = {**state["stage"], "torch_rng": mine["torch_rng"], "cuda_rng": mine["cuda_rng"]}
+    return {**state, "stage": stage, "usage": mine["usage"]}
 
 
 def _mean_aux(values: list) -> torch.Tensor | None:
@@ -749,6 +877,10 @@ def train_unified(
     continues from the latest one; on CPU its final model equals an uninterrupted run's bit for
     bit. ``on_step(global_step)``: called after every step (tests).
 
+    Under torchrun (``WORLD_SIZE > 1``, e.g. from :mod:`irflow.launch`) every process trains
+    its share of each global batch (:mod:`.distributed`) and only rank 0 writes the outputs
+    and checkpoints; every process returns the stats.
+
     ``spec_dict``: see :mod:`.spec` (validated before anything is loaded). ``samples_parquet``:
     a scores file (:data:`irflow.training_data.teacher.SCORES_SCHEMA`); ``queries_parquet``:
     ``query_id, text``; ``corpus_parquet``: ``doc_id, title, text``; ``base_model_dir``: a
@@ -758,14 +890,59 @@ def train_unified(
     """
     from irflow.models import pick_device
 
+    from . import distributed
+
+    spec = parse_spec(spec_dict)
+    device = distributed.process_device(device or pick_device())
+    with distributed.process_group(device):
+        return _train(
+            spec, samples_parquet, queries_parquet, corpus_parquet, base_model_dir,
+            out_dir, diagnostics_dir, device, checkpoint_dir, on_step,
+        )  # fmt: skip
+
+
+def train_unified_from_config(
+    spec_dict: dict[str, Any],
+    samples_parquet: str,
+    queries_parquet: str,
+    corpus_parquet: str,
+    base: dict[str, Any],
+    out_dir: str,
+    diagnostics_dir: str,
+    checkpoint_dir: str | None = None,
+) -> dict[str, Any]:
+    """:func:`train_unified` with JSON arguments (``base``: the base model's config entry with
+    its ``name``), the call that :mod:`irflow.launch` makes in every process."""
+    from irflow.models import ModelRef
+
+    entry = dict(base)
+    ref = ModelRef.from_config(entry.pop("name"), entry)
+    return train_unified(
+        spec_dict, samples_parquet, queries_parquet, corpus_parquet, ref, out_dir,
+        diagnostics_dir, checkpoint_dir=checkpoint_dir,
+    )  # fmt: skip
+
+
+def _train(
+    spec: DecoderSpec,
+    samples_parquet,
+    queries_parquet,
+    corpus_parquet,
+    base_model_dir,
+    out_dir,
+    diagnostics_dir,
+    device: str,
+    checkpoint_dir,
+    on_step,
+) -> dict[str, Any]:
+    from . import distributed
     from .base import load_base
     from .checkpoint import build_model, save_unified
     from .diagnostics import write_diagnostics
     from .samples import read_training_set
 
-    spec = parse_spec(spec_dict)
+    world, rank = distributed.world_size(), distributed.rank()
     data = read_training_set(samples_parquet, queries_parquet, corpus_parquet)
-    device = device or pick_device()
     began = time.perf_counter()
     with deterministic():
         base, tokenizer = load_base(base_model_dir, device)
@@ -778,31 +955,51 @@ def train_unified(
             else:  # older transformers
                 base.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
         trainer = Trainer(model, spec, data, device)
+        if world > 1:
+            _check_shares(spec, trainer, world)
+            distributed.broadcast_params(trainer.groups.params)
+            if rank > 0:  # dropout masks of their own (rank 0 keeps the one-process stream)
+                torch.manual_seed(spec.training.seed + 1_000_003 * rank)
         checkpoints = None
         resume = None
         if checkpoint_dir is not None:
-            checkpoints = Checkpoints(
-                checkpoint_dir,
-                _run_identity(
-                    spec, samples_parquet, queries_parquet, corpus_parquet, base_model_dir
-                ),
-                spec.training.checkpoint_every_steps,
+            identity = _run_identity(
+                spec, samples_parquet, queries_parquet, corpus_parquet, base_model_dir
             )
-            resume = checkpoints.latest()
+            if world > 1:  # a checkpoint holds one random state per process
+                identity = {**identity, "world_size": world}
+            checkpoints = Checkpoints(
+                checkpoint_dir, identity, spec.training.checkpoint_every_steps, rank == 0
+            )
+            if rank == 0:
+                resume = checkpoints.latest()
+            if world > 1:
+                distributed.barrier()  # rank 0 has cleaned up; the others read what is left
+                if rank > 0:
+                    resume = checkpoints.latest()
+                steps = distributed.all_gather_object(
+                    None if resume is None else resume["stage"]["global_step"]
+                )
+                if len(set(steps)) != 1:
+                    raise RuntimeError(f"the processes found different checkpoints: {steps}")
         first = 0
         resumed_from = None
         if resume is not None:
+            resume = _for_rank(resume, rank)
             trainer.load_state_dict(resume)
             first = resume["stage"]["index"]
             resumed_from = resume["stage"]["global_step"]
         for index in range(first, len(spec.training.stages)):
             stage_resume = resume["stage"] if resume is not None and index == first else None
             trainer.run_stage(index, checkpoints, stage_resume, on_step)
+    if world > 1:
+        _check_replicas(trainer.groups.params)
     model.eval()
     trainable = sum(p.numel() for p in trainer.groups.params)
     total = sum(p.numel() for p in model.parameters())
     stats = {
         "device": str(device),
+        "world_size": world,
         "seconds": time.perf_counter() - began,
         "samples": data.source,
         "trainable_parameters": trainable,
@@ -816,17 +1013,50 @@ def train_unified(
         "examples": {t: s.drawn for t, s in trainer.samplers.items()},
         "tokens": model.describe(),
     }
-    with atomic_output(out_dir, directory=True) as tmp:
-        save_unified(model, tmp, base_model_dir, extra={"train_stats": stats})
-        write_json_atomic(tmp / "train_stats.json", stats)
-    write_diagnostics(
-        diagnostics_dir,
-        trainer.train_log,
-        trainer.grad_cosine,
-        trainer.expert_usage,
-        trainer.summary(),
-    )
-    if checkpoints is not None:
-        checkpoints.clear()
-    log.info("trained %s in %.1f s", out_dir, stats["seconds"])
+    if rank == 0:
+        with atomic_output(out_dir, directory=True) as tmp:
+            save_unified(model, tmp, base_model_dir, extra={"train_stats": stats})
+            write_json_atomic(tmp / "train_stats.json", stats)
+        write_diagnostics(
+            diagnostics_dir,
+            trainer.train_log,
+            trainer.grad_cosine,
+            trainer.expert_usage,
+            trainer.summary(),
+        )
+        if checkpoints is not None:
+            checkpoints.clear()
+        log.info("trained %s in %.1f s", out_dir, stats["seconds"])
+    if world > 1:
+        distributed.barrier()  # no process leaves before the outputs are in place
     return stats
+
+
+def _check_shares(spec: DecoderSpec, trainer: Trainer, world: int) -> None:
+    """Every process needs at least one sample of every batch it trains."""
+    for stage in spec.training.stages:
+        for task in stage.tasks:
+            size = trainer.samplers[task].batch_size
+            if size < world:
+                section = "embedding" if task == "embed" else "reranking"
+                raise ValueError(
+                    f"{section}.batch_size {size} (the global batch, capped at the "
+                    f"{len(trainer.data)} training samples) is smaller than the {world} "
+                    f"training processes: every process needs a share of each batch"
+                )
+
+
+def _check_replicas(params: list[torch.nn.Parameter]) -> None:
+    """The processes' trainable weights are bit-identical (each applied the same summed
+    gradient with the same optimizer): compared by a checksum of their bytes."""
+    import zlib
+
+    from . import distributed
+
+    checksum = 0
+    for param in params:
+        data = param.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes()
+        checksum = zlib.crc32(data, checksum)
+    found = distributed.all_gather_object(checksum)
+    if len(set(found)) != 1:
+        raise RuntimeError(f"the training processes' weights diverged (checksums {found})")
