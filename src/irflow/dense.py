@@ -6,6 +6,15 @@ token-length sorted, batches by a token budget, inference mode); the embeddings 
 ``SentenceTransformer.encode(..., normalize_embeddings=True)`` to float32 rounding, only faster
 (benchmarks/results/encoding.md). ``batch_size`` caps the rows of a batch, ``batch_tokens``
 its padded tokens (default :data:`irflow.batching.DEFAULT_BATCH_TOKENS` for the device).
+
+**Split across a job's devices** (:func:`encode_corpus_split`; rule ``encode_corpus`` with
+``gpus: N > 1``): N torchrun processes (:mod:`irflow.launch`), one per GPU (``cuda:<LOCAL_RANK>``;
+CPU processes on a machine without CUDA), each with its own copy of the model; process ``r``
+encodes chunks ``r, r + N, r + 2N, ...`` of the corpus and writes their rows into the one
+``embeddings.npy``, memory-mapped, at the rows one process would write them to. A chunk's
+batches depend only on its own texts, so the folder is the one-process folder byte for byte
+when every device computes as the one process does (the same device type and thread count;
+tested on CPU). The unit of work is a chunk (``chunk`` documents, default 20,000).
 """
 
 from __future__ import annotations
@@ -73,6 +82,96 @@ def encode_corpus(
         chunk,
         progress=progress,
     )
+
+
+def encode_corpus_split(
+    model_entry: dict,
+    corpus_parquet: str,
+    out_dir: str,
+    processes: int,
+    batch_size: int = 64,
+    chunk: int = 20_000,
+    batch_tokens: int | None = None,
+    threads_per_process: int | None = None,
+) -> None:
+    """:func:`encode_corpus` in ``processes`` torchrun processes (see the module docstring);
+    ``model_entry``: the model's config entry with its ``name`` (each process loads it)."""
+    from irflow import launch
+
+    parquet = open_parquet(corpus_parquet)  # checked before any process starts
+    with atomic_output(out_dir, directory=True) as tmp:
+        launch.run(
+            processes,
+            "irflow.dense:encode_corpus_part",
+            {
+                "model_entry": dict(model_entry),
+                "corpus_parquet": str(corpus_parquet),
+                "matrix_path": str(tmp / "embeddings.npy"),
+                "batch_size": batch_size,
+                "chunk": chunk,
+                "batch_tokens": batch_tokens,
+            },
+            threads_per_process,
+        )
+        doc_ids = parquet.read(columns=["doc_id"]).column("doc_id").to_pylist()
+        write_json_atomic(tmp / "doc_ids.json", doc_ids)
+
+
+def encode_corpus_part(
+    model_entry: dict,
+    corpus_parquet: str,
+    matrix_path: str,
+    batch_size: int = 64,
+    chunk: int = 20_000,
+    batch_tokens: int | None = None,
+) -> dict:
+    """One torchrun process of :func:`encode_corpus_split`: rank 0 creates the memory-mapped
+    matrix, every rank writes the rows of its chunks (``i % WORLD_SIZE == RANK``)."""
+    import os
+
+    import torch.distributed as dist
+
+    from irflow.models import ModelRef, load_sentence_transformer, pick_device
+
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    device = pick_device()
+    if device == "cuda":
+        device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}"
+    entry = dict(model_entry)
+    model = load_sentence_transformer(ModelRef.from_config(entry.pop("name"), entry), device)
+    parquet = open_parquet(corpus_parquet)
+    total = parquet.metadata.num_rows
+    shape = (total, embedding_dimension(model))
+    dist.init_process_group("gloo")  # a barrier only: the rows go through the file
+    try:
+        if rank == 0:
+            matrix = np.lib.format.open_memmap(
+                matrix_path, mode="w+", dtype=np.float32, shape=shape
+            )
+            matrix.flush()
+        dist.barrier()
+        if rank > 0:
+            matrix = np.load(matrix_path, mmap_mode="r+")
+        progress = Progress(f"corpus encoding (process {rank} of {world})", unit="docs", logger=log)
+        progress.total = -(-total // world)  # about: chunks are dealt round-robin
+        offset = done = 0
+        for index, batch in enumerate(
+            parquet.iter_batches(batch_size=chunk, columns=["doc_id", "title", "text"])
+        ):
+            if index % world == rank:
+                texts = doc_texts(batch)
+                matrix[offset : offset + len(texts)] = _encode(
+                    model, texts, batch_size, None, batch_tokens
+                )
+                done += len(texts)
+                progress.update(done)
+            offset += batch.num_rows
+        matrix.flush()
+        del matrix
+        dist.barrier()  # every process's rows are in the file
+    finally:
+        dist.destroy_process_group()
+    return {"documents": total, "dimension": shape[1], "device": device}
 
 
 def write_corpus_embeddings(
