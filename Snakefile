@@ -23,6 +23,7 @@ include: "rules/students.smk"
 include: "rules/decoder.smk"
 include: "rules/evaluate.smk"
 include: "rules/report.smk"
+include: "rules/reproduce.smk"
 
 
 rule all:

@@ -50,7 +50,7 @@ RUN set -eu; \
         if printf '%s\n' "$out" | grep -v '^irflow ' | grep .; then exit 1; fi; \
     fi; \
     /opt/venv/bin/python -c "import importlib.util as u, sys; sys.exit('torch must not be in the eval image' if u.find_spec('torch') else 0)"; \
-    cd /; /opt/venv/bin/python -c "import irflow.io, irflow.data, irflow.evaluate, irflow.bm25, irflow.logs, ir_datasets, ir_measures, pytrec_eval, pandas, pyarrow.parquet, tabulate, bm25s, Stemmer, numpy, scipy, yaml; print('eval image imports ok:', irflow.__file__)"
+    cd /; /opt/venv/bin/python -c "import irflow.io, irflow.data, irflow.evaluate, irflow.bm25, irflow.logs, irflow.compare, irflow.package, repro_eval.measure.document_order, repro_eval.measure.effectiveness, repro_eval.measure.overall_effects, ir_datasets, ir_measures, pytrec_eval, pandas, pyarrow.parquet, tabulate, bm25s, Stemmer, numpy, scipy, yaml; print('eval image imports ok:', irflow.__file__)"
 
 # ---------------------------------------------------------------------------------------------
 # Final stage: the base + the venv; no build inputs, no pip cache, a non-root user.

@@ -76,6 +76,7 @@ rule study_table:
         markdown=f"{RESULTS}/tables/studies/{{study}}.md",
         per_query=f"{RESULTS}/tables/studies/{{study}}.per-query.tsv",
         latex=f"{RESULTS}/tables/studies/{{study}}.tex",
+        seeds=f"{RESULTS}/tables/studies/{{study}}.seeds.tsv",
     log:
         log_path("study_table", "{study}"),
     benchmark:
@@ -89,7 +90,7 @@ rule study_table:
     resources:
         **resources_for("study_table"),
     params:
-        rows=lambda wildcards: any_study_runs(wildcards.study),
+        rows=lambda wildcards: PLAN.study_table_rows(wildcards.study),
         spec=lambda wildcards: all_study_specs()[wildcards.study],
         seed=PLAN.seed,
         scale=PLAN.scale,

@@ -79,7 +79,10 @@ def study_delta_files(wildcards):
 def curve_files(wildcards):
     """Training curves of every student a study trains (arms only: variants are not trained)."""
     students = {
-        arm for spec in PLAN.section("studies").values() for arm in spec["arms"]
+        student
+        for spec in PLAN.section("studies").values()
+        for arm in spec["arms"]
+        for student in PLAN.replicates(arm)
     }
     return {s: f"{RESULTS}/students/{s}/curves.jsonl" for s in sorted(students)}
 

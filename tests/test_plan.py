@@ -259,3 +259,50 @@ def test_editing_a_model_file_reruns_exactly_its_dependents(planted_run):
     # The job's provenance record holds the digests of the files it read.
     record = next((workdir / "results/provenance/encode_corpus").rglob("*.json")).read_text()
     assert "1_Pooling/config.json" in record
+
+
+# ------------------------------------------------------------------------------------------
+# Seed replicates
+# ------------------------------------------------------------------------------------------
+def test_seeds_make_one_student_per_seed_sharing_upstream():
+    plan = Plan.from_config(_shipped("demo.yaml"), SCHEMA, REPO)
+    assert plan.replicates("emb-first") == [f"emb-first.seed{k}" for k in (1, 2, 3)]
+    assert plan.replicates("emb-guide") == ["emb-guide"]
+    assert "emb-first" not in plan.names("students")
+    params = [plan.student_params(name) for name in plan.replicates("emb-first")]
+    assert [p["seed"] for p in params] == [1, 2, 3]
+    assert [p["training"]["seed"] for p in params] == [1, 2, 3]
+    # Everything but the seed is shared: the same init, data and training settings.
+    for p in params:
+        p["training"].pop("seed"), p.pop("seed")
+    assert params[0] == params[1] == params[2]
+    rows = plan.study_table_rows("distilled-embedder")
+    seeded = [row for row in rows if row[0] == "emb-first"]
+    assert [(row[1], row[4]) for row in seeded] == [
+        ("emb-first.seed1", 1),
+        ("emb-first.seed2", 2),
+        ("emb-first.seed3", 3),
+        ("emb-first.untrained", None),  # the init: one row however many seeds
+    ]
+    assert plan.study_runs("distilled-embedder") == [row[:4] for row in rows]
+
+
+def test_study_seeds_replicate_every_arm_and_conflicts_are_refused():
+    config = _shipped("demo.yaml")
+    del config["students"]["emb-first"]["seeds"]
+    config["studies"]["distilled-embedder"]["seeds"] = [5, 6]
+    plan = Plan.from_config(config, SCHEMA, REPO)
+    assert plan.replicates("emb-guide") == ["emb-guide.seed5", "emb-guide.seed6"]
+    assert plan.replicates("emb-first") == ["emb-first.seed5", "emb-first.seed6"]
+    config["students"]["emb-first"]["seeds"] = [1, 2]
+    with pytest.raises(ConfigError, match=r"studies.distilled-embedder.seeds \[5, 6\] disagrees"):
+        Plan.from_config(config, SCHEMA, REPO)
+    config = _shipped("demo.yaml")
+    config["students"]["emb-first"]["training"]["seed"] = 9
+    with pytest.raises(ConfigError, match="training.seed and students.emb-first.seeds both"):
+        Plan.from_config(config, SCHEMA, REPO)
+    config = _shipped("demo.yaml")
+    config["baselines"][0]["rerankers"] = ["emb-first"]
+    config["rerankers"] = {}
+    with pytest.raises(ConfigError, match="trained once per seed .* emb-first.seed1, emb-first"):
+        Plan.from_config(config, SCHEMA, REPO)

@@ -186,3 +186,42 @@ def test_two_gpus_in_the_resources_run_two_training_processes(studies_run, tmp_p
 
     model = CrossEncoder(str(copy_dir / target), device="cpu")
     assert model.predict([("query", "passage")]).shape == (1,)
+
+
+@pytest.mark.slow
+@pytest.mark.models
+def test_seed_replicates_spread_while_each_seed_reruns_byte_identical(studies_run, tmp_path):
+    """seeds: [1, 2, 3] on one arm: three trained models sharing the upstream artifacts, one
+    table row with mean ± sd (the spread is non-zero on this CPU), and retraining one seed
+    writes the same bytes."""
+    import shutil
+
+    workdir, config = studies_run
+    copy_dir = tmp_path / "seeds"
+    shutil.copytree(workdir, copy_dir, symlinks=True)
+    changed = copy.deepcopy(config)
+    changed["students"]["kd-guide"]["seeds"] = [1, 2, 3]
+    table_path = "results/tables/studies/rerankers.tsv"
+    planned = planned_jobs(snakemake(copy_dir, changed, table_path, "-n").stdout)
+    # Only the replicates' own jobs: no training data, init or other arm is rebuilt.
+    assert planned["train_student"] == 3 and planned["untrained_student"] == 3
+    assert not {"score_teacher_shard", "mine_negatives", "init_student"} & set(planned)
+    snakemake(copy_dir, changed, table_path)
+    models = [copy_dir / f"results/students/kd-guide.seed{k}/model" for k in (1, 2, 3)]
+    assert all((m / "model.safetensors").is_file() for m in models)
+    table = pd.read_csv(copy_dir / table_path, sep="\t")
+    kd = table[(table["arm"] == "kd-guide") & (table["variant"] == "trained")].iloc[0]
+    assert kd["seeds"] == 3 and kd["run"] == "rerank/given/kd-guide.seed{1,2,3}"
+    assert kd["nDCG@10 sd"] > 0, "three seeds gave the same nDCG@10"
+    assert kd["test"] == "two-level bootstrap"
+    per_seed = pd.read_csv(copy_dir / "results/tables/studies/rerankers.seeds.tsv", sep="\t")
+    trained = per_seed[(per_seed["arm"] == "kd-guide") & (per_seed["variant"] == "trained")]
+    assert list(trained["seed"]) == [1, 2, 3]
+    assert kd["nDCG@10"] == pytest.approx(trained["nDCG@10"].mean(), abs=1e-6)
+    markdown = (copy_dir / "results/tables/studies/rerankers.md").read_text()
+    assert f"± {kd['nDCG@10 sd']:.4f}" in markdown
+    before = (models[1] / "model.safetensors").read_bytes()
+    snakemake(
+        copy_dir, changed, "results/students/kd-guide.seed2/model", "--forcerun", "train_student"
+    )
+    assert (models[1] / "model.safetensors").read_bytes() == before

@@ -17,6 +17,7 @@ from irflow.studies import (
     paired_p_value,
     paired_test,
     plan_rows,
+    two_level_bootstrap,
     write_study_table,
 )
 
@@ -169,7 +170,7 @@ def test_references_and_table(tmp_path):
         "rerank/given/base.dim64",
     ]
     assert [r.variant for r in planned] == ["trained", "trained", "untrained", "dim64", "dim64"]
-    frame, deltas = build_study_table("s", planned, ["nDCG@10"], alpha=0.05)
+    frame, deltas, _ = build_study_table("s", planned, ["nDCG@10"], alpha=0.05)
     kd, untrained, dim = frame.iloc[1], frame.iloc[2], frame.iloc[4]
     assert kd["nDCG@10"] == pytest.approx(KD.mean())
     assert kd["nDCG@10 delta"] == pytest.approx(0.1833333333)
@@ -206,7 +207,7 @@ def test_table_with_one_query_marks_nothing(tmp_path):
     rows = [("a", "a", "d", "r/a"), ("b", "b", "d", "r/b")]
     files = [write_pq(tmp_path / "a.tsv", [0.2]), write_pq(tmp_path / "b.tsv", [0.9])]
     for test in ("t-test", "randomization"):
-        frame, _ = build_study_table("s", plan_rows(rows, files, "a"), ["nDCG@10"], test=test)
+        frame, _, _ = build_study_table("s", plan_rows(rows, files, "a"), ["nDCG@10"], test=test)
         b = frame.iloc[1]
         assert b["nDCG@10 delta"] == pytest.approx(0.7)
         assert math.isnan(b["nDCG@10 p"]) and math.isnan(b["nDCG@10 p_holm"])
@@ -220,7 +221,7 @@ def test_table_randomization_matches_exact_enumeration(tmp_path):
         write_pq(tmp_path / "a.tsv", reference),
         write_pq(tmp_path / "b.tsv", reference + MIXED),
     ]
-    frame, _ = build_study_table(
+    frame, _, _ = build_study_table(
         "s", plan_rows(rows, files, "a"), ["nDCG@10"], test="randomization"
     )
     b = frame.iloc[1]
@@ -260,8 +261,8 @@ def test_written_files(tmp_path):
     table = pd.read_csv(out / "t.tsv", sep="\t")
     assert list(table["arm"]) == ["a", "b", "c"]
     assert list(table.columns) == [
-        "study", "dataset", "arm", "variant", "run", "reference", "queries",
-        "nDCG@10", "nDCG@10 delta", "nDCG@10 ci_low", "nDCG@10 ci_high", "nDCG@10 p",
+        "study", "dataset", "arm", "variant", "run", "reference", "seeds", "queries", "test",
+        "nDCG@10", "nDCG@10 sd", "nDCG@10 delta", "nDCG@10 ci_low", "nDCG@10 ci_high", "nDCG@10 p",
         "nDCG@10 p_holm", "nDCG@10 sig", "nDCG@10 note",
     ]  # fmt: skip
     interval = stats.ttest_rel([0.2, 0.4, 0.5], [0.1, 0.2, 0.3]).confidence_interval(0.95)
@@ -281,3 +282,98 @@ def test_written_files(tmp_path):
     )  # fmt: skip
     smoke = (out / "s.md").read_text().splitlines()
     assert smoke[2] == "**Smoke scale: these numbers show that the pipeline runs, not findings.**"
+
+
+# -- seed replicates ---------------------------------------------------------------------------
+def test_two_level_bootstrap_without_seed_spread_is_the_query_bootstrap():
+    rng = np.random.default_rng(3)
+    a = rng.uniform(0, 1, 60)
+    b = np.clip(a - 0.05 + rng.normal(0, 0.1, 60), 0, 1)
+    result = two_level_bootstrap(np.column_stack([a] * 3), np.column_stack([b] * 3), seed=1)
+    assert result.delta == pytest.approx((a - b).mean())
+    # Seeds that agree add nothing: p and interval are close to the t-test's over queries.
+    t_test = paired_test(a, b)
+    assert result.p == pytest.approx(t_test.p, abs=0.02)
+    assert result.ci_low == pytest.approx(t_test.ci_low, abs=0.01)
+    assert result.ci_high == pytest.approx(t_test.ci_high, abs=0.01)
+
+
+def test_two_level_bootstrap_counts_the_seed_spread():
+    # Arm a beats b by 0.02 on every query on average, but its three seeds' means spread by
+    # ±0.05: a test over per-query means across seeds (300 queries) calls it certain; the
+    # two-level bootstrap does not.
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.2, 0.8, 300)
+    b = np.column_stack([base + rng.normal(0, 0.05, 300) for _ in range(3)])
+    shifts = np.array([-0.03, 0.02, 0.07])
+    a = np.column_stack([base + s + rng.normal(0, 0.05, 300) for s in shifts])
+    pooled_means = paired_test(a.mean(axis=1), b.mean(axis=1))
+    assert pooled_means.p < 1e-6
+    result = two_level_bootstrap(a, b, seed=0)
+    assert result.p > 0.05
+    assert result.ci_low < 0 < result.ci_high
+    assert result.delta == pytest.approx(pooled_means.delta)
+
+
+def test_two_level_bootstrap_degenerate_cases_and_determinism():
+    one = two_level_bootstrap([[0.5, 0.7]], [[0.4, 0.3]])
+    assert math.isnan(one.p) and one.note == "one query: no test"
+    same = two_level_bootstrap([[0.5] * 3, [0.2] * 3], [[0.5] * 3, [0.2] * 3])
+    assert math.isnan(same.p) and same.note.startswith("identical on all 2 queries")
+    a = np.array([[0.2, 0.3, 0.25], [0.6, 0.5, 0.55], [0.1, 0.2, 0.3]])
+    b = np.array([[0.1, 0.2], [0.5, 0.6], [0.2, 0.1]])
+    first, again = two_level_bootstrap(a, b, seed=7), two_level_bootstrap(a, b, seed=7)
+    assert first == again and 0 < first.p <= 1
+
+
+def test_replicated_arms_pool_into_one_row_with_mean_and_sd(tmp_path):
+    values = {
+        ("a", 1): [0.1, 0.2, 0.3],
+        ("a", 2): [0.2, 0.2, 0.2],
+        ("a", 3): [0.3, 0.3, 0.4],
+        ("b", None): [0.5, 0.6, 0.4],
+    }
+    rows, files = [], []
+    for (arm, seed), per_query in values.items():
+        name = arm if seed is None else f"{arm}.seed{seed}"
+        rows.append((arm, name, "d", f"first-stage/{name}", seed))
+        files.append(write_pq(tmp_path / f"{name}.tsv", per_query))
+    planned = plan_rows(rows, files, "b")
+    assert [r.variant for r in planned] == ["trained"] * 4
+    assert planned[0].reference == "first-stage/b"
+    frame, deltas, replicates = build_study_table("s", planned, ["nDCG@10"])
+    assert list(frame["run"]) == ["first-stage/a.seed{1,2,3}", "first-stage/b"]
+    assert list(frame["seeds"]) == [3, 1]
+    seed_means = [0.2, 0.2, 1 / 3]
+    assert frame.loc[0, "nDCG@10"] == pytest.approx(np.mean(seed_means))
+    assert frame.loc[0, "nDCG@10 sd"] == pytest.approx(np.std(seed_means, ddof=1))
+    assert frame.loc[0, "nDCG@10 sd"] > 0 and pd.isna(frame.loc[1, "nDCG@10 sd"])
+    assert frame.loc[0, "test"] == "two-level bootstrap"
+    per_query_a = np.mean([values[("a", s)] for s in (1, 2, 3)], axis=0)
+    expected = two_level_bootstrap(
+        np.column_stack([values[("a", s)] for s in (1, 2, 3)]),
+        np.array(values[("b", None)])[:, None],
+    )
+    assert frame.loc[0, "nDCG@10 p"] == pytest.approx(expected.p)
+    assert frame.loc[0, "nDCG@10 delta"] == pytest.approx((per_query_a - [0.5, 0.6, 0.4]).mean())
+    assert list(replicates["seed"]) == [1, 2, 3]
+    assert list(replicates["nDCG@10"]) == pytest.approx(seed_means)
+    assert set(deltas["run"]) == {"first-stage/a.seed{1,2,3}"}
+    assert list(deltas["value"]) == pytest.approx(per_query_a)
+
+
+def test_replicated_markdown_shows_the_spread(tmp_path):
+    rows, files = [], []
+    for seed, per_query in ((1, [0.1, 0.2, 0.3]), (2, [0.3, 0.3, 0.5])):
+        rows.append(("a", f"a.seed{seed}", "d", f"rerank/r/a.seed{seed}", seed))
+        files.append(write_pq(tmp_path / f"a{seed}.tsv", per_query))
+    spec = {"arms": ["a"], "measures": ["nDCG@10"]}
+    out = tmp_path / "out"
+    write_study_table(
+        "toy", spec, rows, files, out / "t.tsv", out / "t.md", out / "t.pq.tsv",
+        seeds_out=out / "t.seeds.tsv",
+    )  # fmt: skip
+    markdown = (out / "t.md").read_text()
+    assert f"0.2833 ± {np.std([0.2, 1.1 / 3], ddof=1):.4f}" in markdown
+    assert "two-level paired bootstrap" in markdown
+    assert len(pd.read_csv(out / "t.seeds.tsv", sep="\t")) == 2

@@ -15,6 +15,7 @@ write_study_table(
     snakemake.output.per_query,
     seed=snakemake.params.seed,
     scale=snakemake.params.scale,
+    seeds_out=snakemake.output.seeds,
 )
 write_study_latex(
     snakemake.wildcards.study,

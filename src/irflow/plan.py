@@ -228,6 +228,9 @@ class Plan:
         self._produced: dict[str, tuple[str, str]] = {}  # model name -> (path, rule)
         self._origin: dict[tuple[str, str], str] = {}
         self._student_specs: dict[str, Any] = {}
+        self._replicates: dict[str, list[str]] = {}  # replicated student -> its replicates
+        self._replicate_seed: dict[str, int] = {}  # replicate -> its seed
+        self._expand_seed_replicates()
         self._register_produced_models()
         self._register_study_models()
         self._check_references()
@@ -322,6 +325,11 @@ class Plan:
             "rerankers": self._rerankers,
             "retrievers": self._retrievers,
         }.get(section, self._config.get(section, {}))
+        if name not in table and name in self._replicates:
+            raise ConfigError(
+                f"config: {where} refers to {name!r}, which is trained once per seed "
+                f"(students.{name}.seeds); name one replicate: {', '.join(self._replicates[name])}"
+            )
         if name not in table:
             raise ConfigError(
                 f"config: {where} refers to {section[:-1]} {name!r}, which is not defined "
@@ -341,6 +349,58 @@ class Plan:
             )
         table[name] = entry
         self._origin[(section, name)] = f"defined by {origin}"
+
+    def _expand_seed_replicates(self) -> None:
+        """A student with ``seeds: [..]`` (its own, or its study's) becomes one student per seed,
+        ``<name>.seed<k>`` with ``training.seed: k``, sharing every upstream artifact; the name
+        itself is then no model (a reference to it names the replicates)."""
+        students = self._config["students"]
+        wanted: dict[str, tuple[list[int], str]] = {}
+        for name, spec in students.items():
+            if spec.get("seeds"):
+                wanted[name] = (list(spec["seeds"]), f"students.{name}.seeds")
+        for study, spec in self._config["studies"].items():
+            if not spec.get("seeds"):
+                continue
+            for arm in spec["arms"]:
+                self.check_reference(f"studies.{study}.arms", "students", arm)
+                seeds, origin = list(spec["seeds"]), f"studies.{study}.seeds"
+                if arm in wanted and wanted[arm][0] != seeds:
+                    raise ConfigError(
+                        f"config: {origin} {seeds} disagrees with {wanted[arm][1]} "
+                        f"{wanted[arm][0]} for arm {arm!r}; give both the same seeds"
+                    )
+                wanted[arm] = (seeds, origin)
+        for name, (seeds, origin) in wanted.items():
+            spec = students.pop(name)
+            spec.pop("seeds", None)
+            if "seed" in (spec.get("training") or {}):
+                raise ConfigError(
+                    f"config: students.{name}.training.seed and {origin} both set the seed; "
+                    f"drop one"
+                )
+            replicates = []
+            for seed in seeds:
+                replicate = f"{name}.seed{seed}"
+                if replicate in students or replicate in self._config["models"]:
+                    raise ConfigError(
+                        f"config: {origin} makes student {replicate!r}, a name already "
+                        f"configured; rename it"
+                    )
+                entry = copy.deepcopy(spec)
+                entry["training"] = {**entry.get("training", {}), "seed": seed}
+                students[replicate] = entry
+                self._replicate_seed[replicate] = seed
+                replicates.append(replicate)
+            self._replicates[name] = replicates
+
+    def replicates(self, student: str) -> list[str]:
+        """The students a study arm trains: its seed replicates, or itself."""
+        return list(self._replicates.get(student, [student]))
+
+    def replicate_seed(self, student: str) -> int | None:
+        """The seed of a seed replicate; None for a student trained once."""
+        return self._replicate_seed.get(student)
 
     def _register_produced_models(self) -> None:
         for name, spec in self._config["inits"].items():
@@ -379,36 +439,48 @@ class Plan:
                     )
                     self._produced[f"{name}.untrained"] = (untrained, "untrained_student")
 
-    def study_variants(self, study: str) -> list[tuple[str, str, str, dict]]:
-        """(arm, name, section, entry) of every model a study evaluates, in table order.
+    def study_variants(self, study: str) -> list[tuple[str, str, str, dict, int | None]]:
+        """(arm, name, section, entry, seed) of every model a study evaluates, in table order.
 
         Cross-encoder arms rerank each evaluated dataset's candidates (rerankers); bi-encoder
         arms retrieve from the full corpus (dense retrievers), also with their embeddings cut
         to each Matryoshka dim. An untrained variant is the model training starts from: for a
-        bi-encoder its init itself (arms sharing an init share its embeddings), for a
-        cross-encoder the init with its freshly initialised (seeded) head.
+        bi-encoder its init itself (arms sharing an init share its embeddings; one row however
+        many seeds), for a cross-encoder the init with its freshly initialised (seeded) head.
+        An arm trained once per seed gives one row per seed replicate (``seed`` set; None for
+        an arm trained once).
         """
         spec = self._config["studies"][study]
         depth = spec["evaluate"][0]["depth"]
         rows = []
         for arm in spec["arms"]:
-            self.check_reference(f"studies.{study}.arms", "students", arm)
-            student = self._config["students"][arm]
+            if arm not in self._replicates:
+                self.check_reference(f"studies.{study}.arms", "students", arm)
+            replicates = self.replicates(arm)
+            student = self._config["students"][replicates[0]]
             if student["kind"] == "cross-encoder":
                 base = {"kind": "cross-encoder", "depth": depth}
-                rows.append((arm, arm, "rerankers", {**base, "model": arm}))
+                for name in replicates:
+                    seed = self.replicate_seed(name)
+                    rows.append((arm, name, "rerankers", {**base, "model": name}, seed))
                 if spec["untrained"]:
-                    entry = {**base, "model": f"{arm}.untrained"}
-                    rows.append((arm, f"{arm}.untrained", "rerankers", entry))
+                    for name in replicates:
+                        entry = {**base, "model": f"{name}.untrained"}
+                        seed = self.replicate_seed(name)
+                        rows.append((arm, f"{name}.untrained", "rerankers", entry, seed))
             else:
                 base = {"kind": "dense", "depth": depth}
-                rows.append((arm, arm, "retrievers", {**base, "model": arm}))
+                for name in replicates:
+                    seed = self.replicate_seed(name)
+                    rows.append((arm, name, "retrievers", {**base, "model": name}, seed))
                 for dim in spec.get("matryoshka_dims", []):
-                    entry = {**base, "model": arm, "dim": dim}
-                    rows.append((arm, f"{arm}.dim{dim}", "retrievers", entry))
+                    for name in replicates:
+                        entry = {**base, "model": name, "dim": dim}
+                        seed = self.replicate_seed(name)
+                        rows.append((arm, f"{name}.dim{dim}", "retrievers", entry, seed))
                 if spec["untrained"]:
                     entry = {**base, "model": student["init"]}
-                    rows.append((arm, f"{arm}.untrained", "retrievers", entry))
+                    rows.append((arm, f"{arm}.untrained", "retrievers", entry, None))
         return rows
 
     def _register_study_models(self) -> None:
@@ -424,7 +496,7 @@ class Plan:
                     f"study evaluates every dataset to one depth"
                 )
             self._check_baseline("studies", study, spec)
-            for _, name, section, entry in self.study_variants(study):
+            for _, name, section, entry, _ in self.study_variants(study):
                 table = self._rerankers if section == "rerankers" else self._retrievers
                 existing = table.get(name)
                 if existing is None:
@@ -691,13 +763,18 @@ class Plan:
     def study_runs(self, study: str) -> list[tuple[str, str, str, str]]:
         """(arm, variant name, dataset, run) rows of a study table (students' or decoder
         study), in table order."""
+        return [row[:4] for row in self.study_table_rows(study)]
+
+    def study_table_rows(self, study: str) -> list[tuple[str, str, str, str, int | None]]:
+        """(arm, variant name, dataset, run, seed) rows of a study table: ``seed`` is the
+        replicate's for an arm trained once per seed, else None."""
         if study in self._config["decoder_studies"]:
-            return [row[:4] for row in self.decoder_study_rows(study)]
+            return [(*row[:4], None) for row in self.decoder_study_rows(study)]
         rows = []
         for evaluation in self._config["studies"][study]["evaluate"]:
-            for arm, name, section, _ in self.study_variants(study):
+            for arm, name, section, _, seed in self.study_variants(study):
                 run = self.study_run_path(section, name, evaluation["retriever"])
-                rows.append((arm, name, evaluation["dataset"], run))
+                rows.append((arm, name, evaluation["dataset"], run, seed))
         return rows
 
     def baseline_runs(self) -> list[tuple[str, str]]:
@@ -707,6 +784,48 @@ class Plan:
             pairs.append((baseline["dataset"], f"first-stage/{baseline['retriever']}"))
             for reranker in baseline.get("rerankers", []):
                 pairs.append((baseline["dataset"], f"rerank/{baseline['retriever']}/{reranker}"))
+        return list(dict.fromkeys(pairs))
+
+    # -- reproduction: rerun vs reference, packages ------------------------------------------
+    def reference(self) -> dict | None:
+        """The ``reference:`` setting as {runs, tolerance, measures, pairs}; None when unset."""
+        value = self._config.get("reference")
+        if value is None:
+            return None
+        if isinstance(value, str):
+            value = {"runs": value}
+        return {
+            "runs": value["runs"],
+            "tolerance": value.get("tolerance", 0.01),
+            "measures": list(value.get("measures") or ["nDCG@10", "RR@10", "AP"]),
+            "pairs": [
+                (p["dataset"], p["baseline"].strip("/"), p["advanced"].strip("/"))
+                for p in value.get("pairs") or []
+            ]
+            or self.effect_pairs(),
+        }
+
+    def effect_pairs(self) -> list[tuple[str, str, str]]:
+        """(dataset, baseline run, advanced run): each baseline's first stage and its rerankers,
+        and each study's baseline arm and its other arms (same dataset and variant, arms trained
+        once; seed replicates are compared run by run, not paired)."""
+        pairs = []
+        for baseline in self._config["baselines"]:
+            first = f"first-stage/{baseline['retriever']}"
+            for reranker in baseline.get("rerankers", []):
+                run = f"rerank/{baseline['retriever']}/{reranker}"
+                pairs.append((baseline["dataset"], first, run))
+        for study in self._config["studies"]:
+            spec = self._config["studies"][study]
+            base = spec.get("baseline") or spec["arms"][0]
+            rows = [r for r in self.study_table_rows(study) if r[4] is None]
+            variants: dict[tuple[str, str], dict[str, str]] = {}
+            for arm, name, dataset, run, _ in rows:
+                variants.setdefault((dataset, name[len(arm) :]), {})[arm] = run
+            for (dataset, suffix), runs in variants.items():
+                if suffix == ".untrained" or base not in runs:
+                    continue
+                pairs += [(dataset, runs[base], r) for a, r in runs.items() if a != base]
         return list(dict.fromkeys(pairs))
 
     # -- datasets ---------------------------------------------------------------------------

@@ -11,6 +11,8 @@ so the two print the same rows, the same bold cells and the same marks.
 * The best mean of a measure within a (dataset, variant) group is marked (every measure of a
   study table is higher-is-better: nDCG, RR, AP, R-Prec, P@k, recall), ties all marked, and
   only where the group has more than one row.
+* A row pooling seed replicates shows its mean over the seeds with the standard deviation over
+  them (``<measure> sd``).
 * A row is significantly better or worse than its reference (the baseline arm; an untrained
   row's trained arm) when the table says so: its ``sig`` column (▲/▼, Holm-adjusted p below the
   study's alpha), or, where a table has no ``sig`` column, its ``p_holm`` against ``alpha``.
@@ -32,6 +34,7 @@ TIE = 1e-9  # |Δ| at or below this is a tie (deltas are written with 6 decimals
 @dataclass
 class Cell:
     mean: float
+    sd: float | None = None  # standard deviation over seed replicates (None: one seed)
     delta: float | None = None  # row − reference, None for a row without one
     p_holm: float | None = None
     sig: str = ""  # "better", "worse" or ""
@@ -46,6 +49,7 @@ class Row:
     run: str
     reference: str  # "" for the baseline's rows
     queries: int | None
+    seeds: int = 1  # seed replicates pooled in this row
     cells: dict[str, Cell] = field(default_factory=dict)
     counts: tuple[int, int, int] | None = None  # improved, degraded, tied (primary measure)
     first_of_variant: bool = False
@@ -134,10 +138,12 @@ def compact_rows(
             run=str(record.get("run", "")),
             reference=reference if isinstance(reference, str) else "",
             queries=int(q) if (q := _number(record.get("queries"))) is not None else None,
+            seeds=int(_number(record.get("seeds")) or 1),
         )
         for measure in measures:
             row.cells[measure] = Cell(
                 mean=_number(record[measure]),
+                sd=_number(record.get(f"{measure} sd")),
                 delta=_number(record.get(f"{measure} delta")) if row.reference else None,
                 p_holm=_number(record.get(f"{measure} p_holm")) if row.reference else None,
                 sig=_significance(record, measure, alpha) if row.reference else "",

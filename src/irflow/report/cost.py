@@ -7,7 +7,8 @@ these files (Snakemake measures processes, not devices): a GPU job's share shows
 
 A job belongs to a study arm when one segment of its benchmark key is the arm's student name,
 or the student name followed by a variant suffix (``<student>.untrained``,
-``<student>.dim<N>``), as the study rules name their runs. Shared upstream artifacts (data,
+``<student>.dim<N>``) or a seed replicate's (``<student>.seed<k>``, ``<student>.seed<k>.dim<N>``),
+as the study rules name their runs. Shared upstream artifacts (data,
 first stages, teacher scores) belong to no arm: they are paid once for every arm.
 
 Table ``<results>/tables/cost.tsv`` columns: ``scope`` (``rule``, ``arm``, ``total``),
@@ -42,7 +43,7 @@ COLUMNS = [
 # Snakemake column -> this table's column, and how jobs combine.
 SUMMED = {"s": "wall_s", "cpu_time": "cpu_s", "io_in": "io_in_mb", "io_out": "io_out_mb"}
 PEAK = {"max_rss": "max_rss_mb"}
-VARIANT_RE = re.compile(r"^(untrained|dim\d+)$")
+VARIANT_RE = re.compile(r"^(seed\d+|untrained|dim\d+|seed\d+\.(untrained|dim\d+))$")
 
 
 def read_benchmarks(benchmark_dir: str | os.PathLike) -> pd.DataFrame:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shlex
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -229,6 +230,7 @@ def compact_table(measures: list[str], rows: list[compact.Row], study: str, spec
                 {
                     "label": measure,
                     "mean": fmt(cell.mean),
+                    "sd": "" if cell.sd is None else fmt(cell.sd),
                     "best": cell.best,
                     "mark": {"better": "▲", "worse": "▼"}.get(cell.sig, ""),
                     "sig": cell.sig,
@@ -341,7 +343,18 @@ def study_curves(inputs: ReportInputs, spec: dict) -> list[dict]:
     total loss and each task's)."""
     arms = list(spec.get("arms") or [])
     logs: dict[str, list[dict]] = {}
+    arm_of: dict[str, str] = {}  # curve name (an arm, or one seed replicate of it) -> arm
     for arm in arms:
+        replicates = sorted(
+            (n for n in inputs.curves if re.fullmatch(re.escape(arm) + r"\.seed\d+", n)),
+            key=lambda n: int(n.rsplit("seed", 1)[1]),
+        )
+        for name in replicates if arm not in inputs.curves else []:
+            if _exists(inputs.curves[name]):
+                logs[name] = _read_curve(inputs.curves[name])
+                arm_of[name] = arm
+        if replicates and arm not in inputs.curves:
+            continue
         if _exists(inputs.curves.get(arm)):
             logs[arm] = _read_curve(inputs.curves[arm])
         elif _exists(inputs.train_logs.get(arm)):
@@ -351,8 +364,9 @@ def study_curves(inputs: ReportInputs, spec: dict) -> list[dict]:
             if (decoder_log / "train_log.tsv").is_file():
                 logs[arm] = _read_train_log(str(decoder_log / "train_log.tsv"))
     by_objective: dict[str, list[str]] = {}
-    for arm in logs:
-        by_objective.setdefault(_objective_of(inputs.config, arm), []).append(arm)
+    for name in logs:
+        objective = _objective_of(inputs.config, arm_of.get(name, name))
+        by_objective.setdefault(objective, []).append(name)
     figures = []
     for objective, members in by_objective.items():
         keys = sorted(

@@ -83,7 +83,10 @@ def study_latex(frame: pd.DataFrame, study: str, spec: dict, scale: str | None =
             text = "" if cell.mean is None else f"{cell.mean:.4f}"
             if text and cell.best:
                 text = rf"\textbf{{{text}}}"
-            cells.append(text + MARKS.get(cell.sig, ""))
+            text += MARKS.get(cell.sig, "")
+            if cell.sd is not None:
+                text += rf"\,{{\scriptsize $\pm${cell.sd:.4f}}}"
+            cells.append(text)
         lines.append(" & ".join(cells) + r" \\")
         previous = row
     lines += [r"\bottomrule", r"\end{tabular}"]
@@ -96,6 +99,13 @@ def study_latex(frame: pd.DataFrame, study: str, spec: dict, scale: str | None =
         f"{escape(compact.describe_test(spec))} over queries with Holm's correction over the "
         f"study's comparisons of each measure, $p < {float(spec.get('alpha', 0.05)):g}$."
     )
+    seeded = sorted({row.seeds for row in rows if row.seeds > 1})
+    if seeded:
+        caption += (
+            " $\\pm$: standard deviation over the seeds of arms trained on "
+            f"{'/'.join(map(str, seeded))} seeds; their comparisons use a two-level paired "
+            "bootstrap over queries and seeds."
+        )
     if spec.get("description"):
         caption = escape(str(spec["description"]).strip()) + " " + caption
     if scale == "smoke":
