@@ -118,6 +118,7 @@ rule report_html:
                 "reproduction": f"{RESULTS}/tables/reproduction.tsv",
                 "cost": f"{RESULTS}/tables/cost.tsv",
                 "manifest": f"{RESULTS}/provenance/manifest.json",
+                **compare_report_inputs(),
             }
         ),
     output:

@@ -99,3 +99,13 @@ def declared_containers(wildcards):
 REPORT_TEMPLATE = os.path.join(
     workflow.basedir, "reports", "templates", "report.html.j2"
 )
+
+
+def compare_report_inputs():
+    """The rerun-vs-reference tables (rules/reproduce.smk) when the config names a reference."""
+    if PLAN.reference() is None:
+        return {}
+    return {
+        "compare": f"{RESULTS}/tables/compare.tsv",
+        "compare_effects": f"{RESULTS}/tables/compare.effects.tsv",
+    }

@@ -154,6 +154,10 @@ def test_compare_a_copy_and_another_seed(packaged, tmp_path):
     assert (table["nDCG@10 rmse"] == 0).all()
     effects = pd.read_csv(first / "results/tables/compare.effects.tsv", sep="\t")
     assert len(effects) == 0  # no reranker baselines, one study arm: no pairs
+    # The report shows the comparison when a reference is configured.
+    run(first, {**config, "reference": str(first / "results")}, "results/report/index.html")
+    html = (first / "results/report/index.html").read_text()
+    assert "Rerun vs reference" in html and "compare-table" in html
     # The same configuration at another seed: the student's run differs, the BM25 run does not.
     other = tmp_path / "other-seed"
     other.mkdir()

@@ -377,3 +377,30 @@ def test_replicated_markdown_shows_the_spread(tmp_path):
     assert f"0.2833 ± {np.std([0.2, 1.1 / 3], ddof=1):.4f}" in markdown
     assert "two-level paired bootstrap" in markdown
     assert len(pd.read_csv(out / "t.seeds.tsv", sep="\t")) == 2
+
+
+def test_replicated_rows_print_their_spread_in_latex_and_the_report_view(tmp_path):
+    from irflow.report.compact import compact_rows
+    from irflow.report.latex import write_study_latex
+
+    rows, files = [], []
+    for arm, seed, per_query in (
+        ("a", None, [0.1, 0.2, 0.3]),
+        ("b", 1, [0.2, 0.3, 0.3]),
+        ("b", 2, [0.4, 0.3, 0.5]),
+    ):
+        name = arm if seed is None else f"{arm}.seed{seed}"
+        rows.append((arm, name, "d", f"rerank/r/{name}", seed))
+        files.append(write_pq(tmp_path / f"{name}.tsv", per_query))
+    spec = {"arms": ["a", "b"], "measures": ["nDCG@10"]}
+    out = tmp_path / "out"
+    frame = write_study_table(
+        "toy", spec, rows, files, out / "t.tsv", out / "t.md", out / "t.pq.tsv"
+    )
+    sd = frame.loc[1, "nDCG@10 sd"]
+    latex = write_study_latex("toy", spec, out / "t.tsv", out / "t.tex")
+    assert rf"$\pm${sd:.4f}" in latex and "standard deviation over the seeds" in latex
+    _, view = compact_rows(pd.read_csv(out / "t.tsv", sep="\t"), spec)
+    cells = {row.arm: row.cells["nDCG@10"] for row in view}
+    assert cells["b"].sd == pytest.approx(sd) and cells["a"].sd is None
+    assert {row.arm: row.seeds for row in view} == {"a": 1, "b": 2}

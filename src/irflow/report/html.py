@@ -54,6 +54,8 @@ class ReportInputs:
     # decoder arm -> train_log.tsv; where absent, results_dir/decoders/<arm>/diagnostics/
     train_logs: dict[str, str] = field(default_factory=dict)
     reproduction: str | None = None
+    compare: str | None = None  # rerun vs reference (irflow.compare), when configured
+    compare_effects: str | None = None
     cost: str | None = None
     manifest: str | None = None
     config: dict = field(default_factory=dict)  # as the user wrote it
@@ -543,6 +545,25 @@ def reproduction_section(inputs: ReportInputs) -> dict | None:
     }
 
 
+def compare_section(inputs: ReportInputs) -> dict | None:
+    """This run's run files against the configured reference set (irflow.compare)."""
+    if not _exists(inputs.compare):
+        return None
+    frame = _read_tsv(inputs.compare).fillna("")
+    statuses = ("reproduced", "within tolerance", "differs", "missing")
+    counts = {s: int((frame["status"] == s).sum()) for s in statuses}
+    shown = [c for c in frame.columns if not c.endswith(" reference") and c != "identical_files"]
+    effects = None
+    if _exists(inputs.compare_effects):
+        effect_frame = _read_tsv(inputs.compare_effects)
+        effects = table(effect_frame) if len(effect_frame) else None
+    return {
+        "table": table(frame[shown], classes={"status": "status"}),
+        "counts": counts,
+        "effects": effects,
+    }
+
+
 def cost_section(inputs: ReportInputs) -> dict | None:
     if not _exists(inputs.cost):
         return None
@@ -648,6 +669,7 @@ def render(
         "generated": now_iso(),
         "results_dir": inputs.results_dir,
         "reproduction": reproduction_section(inputs),
+        "compare": compare_section(inputs),
         "metrics": metric_rows(inputs),
         "baselines": table(baselines) if baselines is not None else None,
         "baseline_plots": baseline_delta_plots(inputs),
