@@ -199,8 +199,34 @@ def training_corpus(wildcards):
 
 
 def miner_run(wildcards):
+    """The first-stage run a miner mines from: BM25 and dense retrievers retrieve for the
+    selected training queries only (rules mining_*_retrieve), given candidates are the
+    dataset's own run."""
     retriever = settings("miners", wildcards.miner)["retriever"]
+    if PLAN.entry("retrievers", retriever)["kind"] in ("bm25", "dense"):
+        return f"{RESULTS}/training-data/{wildcards.train}/runs/{retriever}.trec"
     return f"{RESULTS}/runs/{training_dataset(wildcards)}/first-stage/{retriever}.trec"
+
+
+def mining_index(wildcards):
+    """The BM25 index of a training set's corpus (rule mining_bm25_retrieve)."""
+    corpus = corpus_of(training_dataset(wildcards))
+    return f"{RESULTS}/indexes/{corpus}/{wildcards.retriever}"
+
+
+def mining_embeddings(wildcards):
+    """The corpus embeddings a dense miner searches (rule mining_dense_retrieve)."""
+    model = settings("retrievers", wildcards.retriever)["model"]
+    return f"{RESULTS}/embeddings/{corpus_of(training_dataset(wildcards))}/{model}"
+
+
+def mining_shard_runs(wildcards, shards):
+    """The query-shard runs of a training set's BM25 miner run, in shard order."""
+    folder = f"{RESULTS}/training-data/{wildcards.train}/run-shards"
+    return [
+        f"{folder}/{wildcards.retriever}/shard-{i}-of-{shards}.trec"
+        for i in range(shards)
+    ]
 
 
 def held_out_queries(wildcards):

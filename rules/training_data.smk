@@ -29,6 +29,115 @@ rule select_training_queries:
         "../workflow_scripts/select_training_queries.py"
 
 
+# The miner's first stage: the retriever's top-k for the *selected* training queries only (a
+# subsample of MS MARCO's 502,939 judged queries is retrieved for, not the whole set). Same
+# scripts, resources and query shards (resources.bm25_retrieve.query_shards) as the datasets'
+# first-stage rules; the run file is the same whatever the shard count.
+if BM25_QUERY_SHARDS == 1:
+
+    rule mining_bm25_retrieve:
+        input:
+            index=mining_index,
+            queries=f"{RESULTS}/training-data/{{train}}/queries.parquet",
+        output:
+            run=f"{RESULTS}/training-data/{{train}}/runs/{{retriever}}.trec",
+        log:
+            log_path("mining_bm25_retrieve", "{train}/{retriever}"),
+        benchmark:
+            benchmark_path("mining_bm25_retrieve", "{train}/{retriever}")
+        wildcard_constraints:
+            retriever=names_of_kind("retrievers", "bm25"),
+        container:
+            container_image("eval")
+        threads: threads_for("bm25_retrieve")
+        resources:
+            **resources_for("bm25_retrieve"),
+        params:
+            depth=lambda wildcards: settings("retrievers", wildcards.retriever)["depth"],
+        script:
+            "../workflow_scripts/bm25_retrieve.py"
+
+else:
+
+    rule mining_bm25_retrieve_shard:
+        input:
+            index=mining_index,
+            queries=f"{RESULTS}/training-data/{{train}}/queries.parquet",
+        output:
+            run=f"{RESULTS}/training-data/{{train}}/run-shards/{{retriever}}/shard-{{shard}}-of-{{shards}}.trec",
+        log:
+            log_path(
+                "mining_bm25_retrieve_shard",
+                "{train}/{retriever}/shard-{shard}-of-{shards}",
+            ),
+        benchmark:
+            benchmark_path(
+                "mining_bm25_retrieve_shard",
+                "{train}/{retriever}/shard-{shard}-of-{shards}",
+            )
+        wildcard_constraints:
+            retriever=names_of_kind("retrievers", "bm25"),
+            shard="[0-9]+",
+            shards="[0-9]+",
+        container:
+            container_image("eval")
+        threads: threads_for("bm25_retrieve")
+        resources:
+            **resources_for("bm25_retrieve"),
+        params:
+            depth=lambda wildcards: settings("retrievers", wildcards.retriever)["depth"],
+        script:
+            "../workflow_scripts/bm25_retrieve_shard.py"
+
+    rule mining_merge_runs:
+        input:
+            shards=lambda wildcards: mining_shard_runs(wildcards, BM25_QUERY_SHARDS),
+        output:
+            run=f"{RESULTS}/training-data/{{train}}/runs/{{retriever}}.trec",
+        log:
+            log_path("mining_merge_runs", "{train}/{retriever}"),
+        benchmark:
+            benchmark_path("mining_merge_runs", "{train}/{retriever}")
+        wildcard_constraints:
+            retriever=names_of_kind("retrievers", "bm25"),
+        localrule: True
+        container:
+            container_image("eval")
+        threads: 1
+        script:
+            "../workflow_scripts/merge_runs.py"
+
+
+rule mining_dense_retrieve:
+    input:
+        embeddings=mining_embeddings,
+        queries=f"{RESULTS}/training-data/{{train}}/queries.parquet",
+        model=lambda wildcards: model_input(
+            settings("retrievers", wildcards.retriever)["model"]
+        ),
+    output:
+        run=f"{RESULTS}/training-data/{{train}}/runs/{{retriever}}.trec",
+    log:
+        log_path("mining_dense_retrieve", "{train}/{retriever}"),
+    benchmark:
+        benchmark_path("mining_dense_retrieve", "{train}/{retriever}")
+    wildcard_constraints:
+        retriever=names_of_kind("retrievers", "dense"),
+    container:
+        container_image("torch")
+    threads: threads_for("dense_retrieve")
+    resources:
+        **resources_for("dense_retrieve"),
+    params:
+        model=lambda wildcards: model_entry(
+            settings("retrievers", wildcards.retriever)["model"]
+        ),
+        depth=lambda wildcards: settings("retrievers", wildcards.retriever)["depth"],
+        dim=lambda wildcards: settings("retrievers", wildcards.retriever).get("dim"),
+    script:
+        "../workflow_scripts/dense_retrieve.py"
+
+
 rule mine_negatives:
     input:
         queries=f"{RESULTS}/training-data/{{train}}/queries.parquet",

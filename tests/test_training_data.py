@@ -978,6 +978,35 @@ def test_workflow_positive_missing_from_corpus_fails_mining_and_leaves_nothing(
     assert (work / "results/training-data/tiny-train/queries.parquet").is_file()
 
 
+def test_workflow_mines_only_the_selected_queries(tiny_collection, tmp_path):
+    """With max_queries the miner's first stage retrieves for the selected training queries
+    only (not the whole training dataset), in one job or in query shards alike."""
+    from tiny_workflow import NEGATIVES, TRAIN_QUERIES, run, tiny_config
+
+    from irflow.data import read_queries
+    from irflow.io import read_run_dict
+
+    miner_run = "results/training-data/tiny-train/runs/bm25.trec"
+    training_set = {"dataset": "tiny-train", "held_out": ["tiny-test"], "max_queries": 3}
+    runs = {}
+    for shards in (1, 2):
+        config = tiny_config(tiny_collection["data"], tiny_collection["model"])
+        config["training_sets"]["tiny-train"] = training_set
+        config["resources"]["bm25_retrieve"] = {"query_shards": shards}
+        work = tmp_path / f"shards-{shards}"
+        work.mkdir()
+        run(work, config, NEGATIVES)
+        selected = set(read_queries(str(work / TRAIN_QUERIES)))
+        assert len(selected) == 3  # of the dataset's 8 judged training queries
+        assert set(read_run_dict(work / miner_run)) == selected
+        mined = set(pq.read_table(work / NEGATIVES).column("query_id").to_pylist())
+        assert mined == selected
+        # The training dataset's own first-stage run (all its queries) was never made.
+        assert not (work / "results/runs/tiny-train").exists()
+        runs[shards] = (work / miner_run).read_bytes()
+    assert runs[1] == runs[2]
+
+
 @pytest.mark.slow
 def test_workflow_teacher_that_cannot_load_fails_scoring_and_leaves_nothing(
     tiny_collection, tmp_path
