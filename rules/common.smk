@@ -20,6 +20,19 @@ except ConfigError as err:
 NAME_RE = "[A-Za-z0-9][A-Za-z0-9_.-]*"
 RESULTS = PLAN.results
 
+# A hub model without a pinned commit loads whatever its branch points at on the day: said at
+# every plan (dry runs included), so no run is unknowingly unpinned.
+UNPINNED = PLAN.unpinned_models()
+if UNPINNED:
+    from snakemake.logging import logger
+
+    logger.warning(
+        f"WARNING: {len(UNPINNED)} hub models are unpinned (revision not a commit; set "
+        "'models: <name>: revision:' to the hub's 40-hex sha before a run whose numbers "
+        "count): "
+        + ", ".join(f"{n} ({h} @ {r or 'default branch'})" for n, h, r in UNPINNED)
+    )
+
 
 def _nothing():
     # A regex that matches no name: a rule family with no configured members never matches.

@@ -111,6 +111,10 @@ def test_config_plans_every_arm_evaluation_and_table(tmp_path, name):
     assert jobs.get("train_unified", 0) == len(plan.names("decoders"))
     missing = [t for t in expected_targets(plan) if t not in result.stdout]
     assert not missing, missing[:10]
+    # Placeholder revisions (main) are listed as unpinned at every plan.
+    unpinned, said = plan.unpinned_models(), result.stdout + result.stderr
+    assert all(f"{n} ({h} @ " in said for n, h, _ in unpinned), said[-2000:]
+    assert bool(unpinned) == ("hub models are unpinned" in said)
 
 
 @pytest.mark.parametrize("name", CONFIGS)

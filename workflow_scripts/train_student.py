@@ -22,10 +22,14 @@ try:
 except ValueError as err:
     raise ValueError(f"config students.{snakemake.wildcards.student}.training: {err}") from None
 init = dict(student["init"])
+init_ref = ModelRef.from_config(init.pop("name"), init)
 call = {
     "kind": student["kind"],
     "training": training,
-    "init_dir": str(ModelRef.from_config(init.pop("name"), init).name_or_path),
+    "init_dir": str(init_ref.name_or_path),
+    # A hub init loads at its entry's pinned revision, with its trust_remote_code.
+    "revision": init_ref.revision if init_ref.hf_id and not init_ref.path else None,
+    "trust_remote_code": init_ref.trust_remote_code,
     "scores_parquet": snakemake.input.data,
     "queries_parquet": snakemake.input.queries,
     "corpus_parquet": snakemake.input.corpus,

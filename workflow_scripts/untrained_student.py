@@ -18,4 +18,11 @@ spec = StudentTrainingSpec.from_config(
 )
 init = dict(snakemake.params.init)
 init_ref = ModelRef.from_config(init.pop("name"), init)
-save_untrained(kind, spec, init_ref.name_or_path, snakemake.output.model)
+save_untrained(
+    kind,
+    spec,
+    init_ref.name_or_path,
+    snakemake.output.model,
+    revision=init_ref.revision if init_ref.hf_id and not init_ref.path else None,
+    trust_remote_code=init_ref.trust_remote_code,
+)

@@ -291,6 +291,16 @@ class Plan:
         """(artifact path, producing rule) of an init or student; None for a configured model."""
         return self._produced.get(name)
 
+    def unpinned_models(self) -> list[tuple[str, str, str | None]]:
+        """(name, hf_id, revision) of every configured hub model whose ``revision`` is not a
+        40-hex commit: none, or a branch or tag such as ``main``, which moves, so the weights
+        (and any remote code) a run loads are not fixed by the config."""
+        return [
+            (name, entry["hf_id"], entry.get("revision"))
+            for name, entry in self._config["models"].items()
+            if entry.get("hf_id") and not re.fullmatch(r"[0-9a-f]{40}", str(entry.get("revision")))
+        ]
+
     def model_files(self, name: str) -> list[str]:
         """What a job that loads model ``name`` takes as input: the producing rule's folder for
         a produced model; every file of a configured ``path:`` folder (so editing a weight or a

@@ -151,8 +151,19 @@ def log_teacher_entropy(entropy: dict[str, float], objective: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Models
 # ---------------------------------------------------------------------------------------------
-def load_student(kind: str, init_dir: str | os.PathLike, spec: StudentTrainingSpec, device: str):
-    """The model a student's training starts from (seeded; see the module docstring)."""
+def load_student(
+    kind: str,
+    init_dir: str | os.PathLike,
+    spec: StudentTrainingSpec,
+    device: str,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+):
+    """The model a student's training starts from (seeded; see the module docstring).
+
+    ``init_dir`` is a folder or a hub id; ``revision`` (a hub id's pinned commit, branch or tag)
+    and ``trust_remote_code`` are the init model entry's and go to the library's loader."""
     from transformers import set_seed
 
     from irflow.io import InputError
@@ -163,7 +174,12 @@ def load_student(kind: str, init_dir: str | os.PathLike, spec: StudentTrainingSp
             from sentence_transformers import CrossEncoder
 
             model = CrossEncoder(
-                str(init_dir), num_labels=1, max_length=spec.max_length, device=device
+                str(init_dir),
+                num_labels=1,
+                max_length=spec.max_length,
+                device=device,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
             )
             if model.num_labels != 1:
                 raise InputError(
@@ -174,7 +190,12 @@ def load_student(kind: str, init_dir: str | os.PathLike, spec: StudentTrainingSp
         if kind == "bi-encoder":
             from sentence_transformers import SentenceTransformer
 
-            model = SentenceTransformer(str(init_dir), device=device)
+            model = SentenceTransformer(
+                str(init_dir),
+                device=device,
+                revision=revision,
+                trust_remote_code=trust_remote_code,
+            )
             if spec.max_length:
                 model.max_seq_length = spec.max_length
             return model
@@ -197,12 +218,24 @@ def save_untrained(
     init_dir: str | os.PathLike,
     out_dir: str | os.PathLike,
     device: str | None = None,
+    *,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
-    """Write the model that training with ``spec`` starts from (same seed, same fresh head)."""
+    """Write the model that training with ``spec`` starts from (same seed, same fresh head);
+    ``revision`` and ``trust_remote_code`` as for :func:`load_student`."""
     device = _device(device)
-    model = load_student(kind, init_dir, spec, device)
+    model = load_student(
+        kind, init_dir, spec, device, revision=revision, trust_remote_code=trust_remote_code
+    )
     save_model(model, out_dir)
-    return {"kind": kind, "init": str(init_dir), "seed": spec.seed, **_param_counts(model)}
+    return {
+        "kind": kind,
+        "init": str(init_dir),
+        **({"init_revision": revision} if revision else {}),
+        "seed": spec.seed,
+        **_param_counts(model),
+    }
 
 
 def _param_counts(model) -> dict[str, int]:
@@ -501,11 +534,15 @@ def train_student(
     device: str | None = None,
     *,
     callbacks: list | None = None,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
 ) -> dict[str, Any]:
     """Train a ``kind`` (``cross-encoder`` or ``bi-encoder``) student; see the module docstring.
     Returns the stats.
 
     ``callbacks`` are extra ``transformers.TrainerCallback`` objects (tests, benchmarks).
+    ``revision`` and ``trust_remote_code`` are the init model entry's (a hub id's pinned
+    revision), passed to the loader (:func:`load_student`).
     """
     objective = get_objective(kind, spec.objective)
     resolve_optimizer(spec.optimizer)  # an unknown name fails before anything loads
@@ -538,6 +575,7 @@ def train_student(
         (scores_parquet, queries_parquet, corpus_parquet),
         init_dir,
         kind=kind,
+        **({"init_revision": revision} if revision else {}),
     )
     scratch = None
     if checkpoint_dir is not None:
@@ -565,7 +603,9 @@ def train_student(
         if live_curves is not None and main:
             write_text_atomic(live_curves, _jsonl(curve_rows))
 
-        model = load_student(kind, init_dir, spec, device)
+        model = load_student(
+            kind, init_dir, spec, device, revision=revision, trust_remote_code=trust_remote_code
+        )
         if spec.lora is not None:
             apply_lora(model, kind, spec.lora)
         loss = objective.build(model, spec.objective)
@@ -607,6 +647,7 @@ def train_student(
     trained = count.done(steps) - count.done(resumed_step)
     return {
         "kind": kind,
+        **({"init_revision": revision} if revision else {}),
         "objective": spec.objective.name,
         "data_format": objective.data,
         **samples.stats,
@@ -643,10 +684,23 @@ def train_bi_encoder(*args, **kwargs) -> dict[str, Any]:
 
 
 def train_from_config(
-    kind: str, training: dict[str, Any], init_dir: str, **paths: str
+    kind: str,
+    training: dict[str, Any],
+    init_dir: str,
+    revision: str | None = None,
+    trust_remote_code: bool = False,
+    **paths: str,
 ) -> dict[str, Any]:
     """:func:`train_student` from the plain config dict of the training spec (JSON-friendly:
     what :mod:`irflow.launch` hands each torchrun worker). ``paths``: scores_parquet,
-    queries_parquet, corpus_parquet, out_dir, checkpoint_dir, curves_path."""
+    queries_parquet, corpus_parquet, out_dir, checkpoint_dir, curves_path; ``revision`` and
+    ``trust_remote_code``: the init model entry's."""
     spec = StudentTrainingSpec.from_config(training)
-    return train_student(kind, spec, init_dir=init_dir, **paths)
+    return train_student(
+        kind,
+        spec,
+        init_dir=init_dir,
+        revision=revision,
+        trust_remote_code=trust_remote_code,
+        **paths,
+    )
