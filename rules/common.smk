@@ -6,11 +6,29 @@ from snakemake.exceptions import WorkflowError
 
 from irflow.plan import ConfigError, Plan, deciding
 
+
+def planned_config(config):
+    """The config the plan is built from. With --config package=<archive> it is the package's
+    own (verify recomputes what the package was made from), plus the verification keys.
+    """
+    if not config.get("package"):
+        return config
+    from irflow.io import InputError
+    from irflow.package import packaged_config
+
+    try:
+        packaged = packaged_config(config["package"])
+    except InputError as err:
+        raise WorkflowError(str(err)) from None
+    keys = ("package", "verify_from", "verify_tolerance")
+    return {**packaged, **{k: config[k] for k in keys if k in config}}
+
+
 # The validated config becomes a read-only plan (irflow.plan): every rule asks it, nothing
 # writes `config`. Schema defaults are filled in the plan's copy, errors name the key.
 try:
     PLAN = Plan.from_config(
-        config,
+        planned_config(config),
         os.path.join(workflow.basedir, "schemas", "config.schema.yaml"),
         os.getcwd(),
     )

@@ -177,11 +177,11 @@ def _row(kind: str, name: str = "", **values) -> dict:
 
 def _mean_rows(data: bytes) -> dict[str, float]:
     frame = pd.read_csv(io.BytesIO(data), sep="\t")
-    counts = ("queries", "queries_missing_from_run", "unjudged_run_queries_dropped")
+    labels = ("rel_level", "queries", "queries_missing_from_run", "unjudged_run_queries_dropped")
     out = {}
     for column in frame.columns:
         value = pd.to_numeric(frame[column], errors="coerce").iloc[0]
-        if column not in counts and not pd.isna(value):
+        if column not in labels and not pd.isna(value):
             out[column] = float(value)
     return out
 
