@@ -12,9 +12,10 @@ evaluated by nDCG@10 on SciFact test with exact dense retrieval over the full 5,
 corpus (:mod:`irflow.dense`, :func:`irflow.evaluate.evaluate_run`). The untrained students are
 evaluated too (``--no-untrained`` skips them), and with ``--parent`` the parent itself.
 
-Writes ``benchmarks/results/guide_narrow.md`` after every row (a run cut short keeps the rows it
-finished). CPU only; the defaults (``--steps 100 --batch-size 16 --max-length 64``) need about
-10 CPU-minutes (2 threads); on shared cores the wall time is that divided by the CPU share.
+Writes ``benchmarks/results/guide_narrow.md`` and ``.json`` (every figure) after every row (a run
+cut short keeps the rows it finished). CPU only; the defaults (``--steps 100 --batch-size 16
+--max-length 64``) need about 10 CPU-minutes (2 threads); on shared cores the wall time is that
+divided by the CPU share.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from common import (
     new_report,
     prepare,
     title_markdown,
+    write_results,
 )
 
 SCIFACT = ROOT.parent / "shared" / "data" / "scifact"
@@ -197,8 +199,7 @@ def main() -> None:
             report["load_after"] = load_average()
             report["wall_s"] = time.perf_counter() - wall0
             report["cpu_s"] = time.process_time()
-            args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(_markdown(report), encoding="utf-8")
+            write_results(args.out.parent, args.out.stem, report, _markdown(report))
 
         for arm in ("guide", "random"):
             print(f"training {arm}", file=sys.stderr)
@@ -250,14 +251,18 @@ def _markdown(report) -> str:
         "guide_narrow.py",
         report,
     )
+    pca = (
+        f"GUIDE: PCA of the {g['pca']['rows']:,} token-embedding rows keeps "
+        f"{g['pca']['retained_variance']:.1%} of their variance."
+        if g.get("pca")
+        else "GUIDE at the parent's width: no PCA, the parent's own weights."
+    )
     lines += [
         f"Parent all-MiniLM-L6-v2 (BERT, 6 layers, hidden {g['parent_hidden_size']}, "
         f"{g['params_parent']:,} parameters); both students: hidden {g['hidden_size']}, "
         f"{g['num_attention_heads']} heads of {g['hidden_size'] // g['num_attention_heads']}, "
         f"intermediate {g['intermediate_size']}, 6 layers, {g['params_student']:,} parameters. "
-        f"GUIDE: PCA of the {g['pca']['rows']:,} token-embedding rows keeps "
-        f"{g['pca']['retained_variance']:.1%} of their variance. Random: the same config, "
-        f"`AutoModel.from_config`, seed {s['seed']}.",
+        f"{pca} Random: the same config, `AutoModel.from_config`, seed {s['seed']}.",
         "",
         f"Training (both identical): irflow `train_student` bi-encoder, InfoNCE (in-batch "
         f"negatives plus one random corpus document per sample), {s['steps']} steps of batch "
