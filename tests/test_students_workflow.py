@@ -204,7 +204,7 @@ def test_seed_replicates_spread_while_each_seed_reruns_byte_identical(studies_ru
     table_path = "results/tables/studies/rerankers.tsv"
     planned = planned_jobs(snakemake(copy_dir, changed, table_path, "-n").stdout)
     # Only the replicates' own jobs: no training data, init or other arm is rebuilt.
-    assert planned["train_student"] == 3 and planned["untrained_student"] == 3
+    assert planned["train_student"] == 3 and planned["untrained_student"] == 3, planned
     assert not {"score_teacher_shard", "mine_negatives", "init_student"} & set(planned)
     snakemake(copy_dir, changed, table_path)
     models = [copy_dir / f"results/students/kd-guide.seed{k}/model" for k in (1, 2, 3)]
@@ -220,6 +220,18 @@ def test_seed_replicates_spread_while_each_seed_reruns_byte_identical(studies_ru
     assert kd["nDCG@10"] == pytest.approx(trained["nDCG@10"].mean(), abs=1e-6)
     markdown = (copy_dir / "results/tables/studies/rerankers.md").read_text()
     assert f"± {kd['nDCG@10 sd']:.4f}" in markdown
+    # Rerun vs reference with another seed's run in place of seed 1's: that row agrees less
+    # than fully (KTU, RBO < 1, RMSE > 0), every other run fully.
+    reference = tmp_path / "reference"
+    shutil.copytree(copy_dir / "results/runs", reference)
+    runs = reference / "dl19/rerank/given"
+    shutil.copyfile(runs / "kd-guide.seed2.trec", runs / "kd-guide.seed1.trec")
+    snakemake(copy_dir, {**changed, "reference": str(reference)}, "compare")
+    compared = pd.read_csv(copy_dir / "results/tables/compare.tsv", sep="\t").set_index("run")
+    seed1 = compared.loc["rerank/given/kd-guide.seed1"]
+    assert seed1["ktu"] < 1 and seed1["rbo"] < 1 and seed1["nDCG@10 rmse"] > 0
+    others = compared.drop(index="rerank/given/kd-guide.seed1")
+    assert set(others["status"]) == {"reproduced"}, others["status"]
     before = (models[1] / "model.safetensors").read_bytes()
     snakemake(
         copy_dir, changed, "results/students/kd-guide.seed2/model", "--forcerun", "train_student"

@@ -268,7 +268,7 @@ def markdown(
             for m in measures:
                 entry[m] = f"{r[m]:.4f} ({r[f'{m} delta']:+.4f}) RMSE {r[f'{m} rmse']:.4f}"
         view.append(entry)
-    lines.append(pd.DataFrame(view).fillna("").to_markdown(index=False))
+    lines.append(pd.DataFrame(view).fillna("").to_markdown(index=False, disable_numparse=True))
     if len(effects):
         lines += [
             "",
@@ -283,7 +283,7 @@ def markdown(
                 entry[f"{m} ER"] = f"{r[f'{m} ER']:.4f}"
                 entry[f"{m} ΔRI"] = f"{r[f'{m} dRI']:+.4f}"
             view.append(entry)
-        lines.append(pd.DataFrame(view).to_markdown(index=False))
+        lines.append(pd.DataFrame(view).to_markdown(index=False, disable_numparse=True))
     return "\n".join(lines) + "\n"
 
 

@@ -385,7 +385,7 @@ def verification_markdown(table: pd.DataFrame, archive: str, mode: str, toleranc
         view[column] = [
             f"{v:.4f}" if isinstance(v, float) and not math.isnan(v) else "" for v in view[column]
         ]
-    lines.append(view.to_markdown(index=False))
+    lines.append(view.to_markdown(index=False, disable_numparse=True))
     return "\n".join(lines) + "\n"
 
 
