@@ -5,7 +5,7 @@
 #                                 scale (SciFact training queries -> BM25 negatives -> teacher
 #                                 scores -> consistency filter -> GUIDE and first-layers inits ->
 #                                 trained students -> runs -> metrics -> study table ->
-#                                 reproduction checks -> HTML report; about 7 min on 2 idle CPU
+#                                 reproduction checks -> HTML report; about 10 min on 2 idle CPU
 #                                 cores), then `check`, and prints where the report is
 #   bash scripts/demo.sh all      every target of config.yaml: the training data, the three
 #                                 studies, the decoder arms and the HTML report (hours on 2 CPU
