@@ -9,19 +9,16 @@ from irflow.plan import ConfigError, Plan, deciding
 
 def planned_config(config):
     """The config the plan is built from. With --config package=<archive> it is the package's
-    own (verify recomputes what the package was made from), plus the verification keys.
+    own (verify recomputes what the package was made from), plus the verification keys; the
+    jobs read it the same way (irflow.job).
     """
-    if not config.get("package"):
-        return config
     from irflow.io import InputError
-    from irflow.package import packaged_config
+    from irflow.package import effective_config
 
     try:
-        packaged = packaged_config(config["package"])
+        return effective_config(config)
     except InputError as err:
         raise WorkflowError(str(err)) from None
-    keys = ("package", "verify_from", "verify_tolerance")
-    return {**packaged, **{k: config[k] for k in keys if k in config}}
 
 
 # The validated config becomes a read-only plan (irflow.plan): every rule asks it, nothing

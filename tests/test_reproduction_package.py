@@ -86,8 +86,13 @@ def test_verify_in_a_second_checkout_reproduces_every_row(packaged, tmp_path):
     second = tmp_path / "second"
     second.mkdir()
     archive = str(first / ARCHIVE)
-    result = run(second, config, "verify", "--config", f"package={archive}")
+    # This checkout's own config names another results folder: the package's config decides,
+    # for the plan and for every job's provenance record alike.
+    elsewhere = {**config, "results_dir": "results/elsewhere"}
+    result = run(second, elsewhere, "verify", "--config", f"package={archive}")
     assert "package verified" in result.stdout + result.stderr
+    assert not (second / "results/elsewhere").exists()
+    assert (second / "results/provenance/bm25_retrieve").is_dir()
     table = pd.read_csv(second / "results/tables/verification.tsv", sep="\t")
     assert set(table["status"]) == {"reproduced"}, table[table["status"] != "reproduced"]
     assert {"metric", "run"} <= set(table["kind"])

@@ -1,7 +1,7 @@
 """Rule package_results: one archive with the config, locks, images, runs, tables and manifest."""
 
 from irflow import job
-from irflow.package import build_package, packaged_config
+from irflow.package import VERIFY_KEYS, build_package, packaged_config
 from irflow.plan import read_config_files
 from irflow.provenance import redact
 from irflow.provenance.environment import code_state
@@ -11,7 +11,7 @@ if snakemake.params.package:
     config = packaged_config(snakemake.params.package)
 else:
     config = read_config_files(snakemake.params.config_sources, snakemake.params.config_overrides)
-for key in ("package", "verify_from", "verify_tolerance"):
+for key in VERIFY_KEYS:
     config.pop(key, None)
 build_package(
     snakemake.output.archive,

@@ -76,6 +76,11 @@ class _Job:
         self.started = provenance.iso(self.t0)
         self.failed = False
         config = dict(snakemake.config or {})
+        if config.get("package"):
+            from irflow.package import effective_config
+
+            # Verifying a package: its own config decides the results folder and the records.
+            config = effective_config(config)
         self.config = config
         self.results_dir = config.get("results_dir", "results")
         # Digests of the verified inputs, taken at the start and reused by the record.

@@ -151,6 +151,19 @@ def packaged_config(archive: str | os.PathLike) -> dict:
     return yaml.safe_load(read_package(archive)["config.yaml"]) or {}
 
 
+VERIFY_KEYS = ("package", "verify_from", "verify_tolerance")
+
+
+def effective_config(config: Mapping) -> dict:
+    """The configuration a workflow run and its jobs follow: with ``package: <archive>`` the
+    package's own (``verify`` recomputes what the package was made from) plus the verification
+    keys; otherwise ``config`` itself."""
+    if not config.get("package"):
+        return dict(config)
+    packaged = packaged_config(config["package"])
+    return {**packaged, **{k: config[k] for k in VERIFY_KEYS if k in config}}
+
+
 def _integrity(members: Mapping[str, bytes]) -> tuple[list[dict], set[str]]:
     index = json.loads(members["MANIFEST.json"])
     rows, edited = [], set()
