@@ -7,7 +7,6 @@ from irflow import job, launch
 from irflow.io import write_json_atomic
 from irflow.models import ModelRef, configure_threads
 from irflow.students import StudentTrainingSpec
-from irflow.students.train import train_from_config
 
 job.start(snakemake)
 configure_threads(snakemake.threads)
@@ -38,9 +37,5 @@ call = {
     "curves_path": snakemake.output.curves,
 }
 processes = int(snakemake.resources.get("gpu", 0) or 0)
-if processes > 1:
-    threads = max(1, snakemake.threads // processes)
-    stats = launch.run(processes, "irflow.students.train:train_from_config", call, threads)
-else:
-    stats = train_from_config(**call)
+stats = launch.call(processes, "irflow.students.train:train_from_config", call, snakemake.threads)
 write_json_atomic(snakemake.output.stats, {"student": snakemake.wildcards.student, **stats})

@@ -5,7 +5,6 @@ With ``gpus: N > 1`` in the rule's resources the training runs in N torchrun pro
 
 from irflow import job, launch
 from irflow.decoder.spec import parse_spec
-from irflow.decoder.train import train_unified_from_config
 from irflow.io import write_json_atomic
 from irflow.models import configure_threads
 
@@ -29,9 +28,7 @@ call = {
     "checkpoint_dir": snakemake.params.checkpoints,
 }
 processes = int(snakemake.resources.get("gpu", 0) or 0)
-if processes > 1:
-    threads = max(1, snakemake.threads // processes)
-    stats = launch.run(processes, "irflow.decoder.train:train_unified_from_config", call, threads)
-else:
-    stats = train_unified_from_config(**call)
+stats = launch.call(
+    processes, "irflow.decoder.train:train_unified_from_config", call, snakemake.threads
+)
 write_json_atomic(snakemake.output.stats, {"decoder": arm, **stats})

@@ -41,6 +41,14 @@ def _resolve(target: str):
     return getattr(importlib.import_module(module), name)
 
 
+def call(nproc: int, target: str, kwargs: dict[str, Any], threads: int = 1) -> Any:
+    """``target(**kwargs)`` in this process for ``nproc`` <= 1, else in ``nproc`` torchrun
+    workers (:func:`run`) sharing the job's ``threads``; a rule script's one call either way."""
+    if nproc <= 1:
+        return _resolve(target)(**kwargs)
+    return run(nproc, target, kwargs, max(1, threads // nproc))
+
+
 def run(
     nproc: int, target: str, kwargs: dict[str, Any], threads_per_process: int | None = None
 ) -> Any:
